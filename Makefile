@@ -1,0 +1,52 @@
+# The README's two commands are `make quickstart` and `make test`; .ci/run calls `make test`.
+# Everything they need is installed here: the Python environment (.venv, from pyproject extras)
+# and the control-plane binaries (built from the Go module proxy, cached in ~/.cache/llmops).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EXTRAS ?= dev
+PYTEST_ARGS ?=
+
+.PHONY: help install binaries lint typecheck unit test quickstart down clean
+
+help:
+	@echo "make quickstart   bring up the local stack (control plane, ...) and show it working"
+	@echo "make down         tear the quickstart down"
+	@echo "make test         install everything, lint, type-check, run every test"
+	@echo "make unit         fast unit tests only (no cluster)"
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(VENV)/.installed-$(EXTRAS)
+
+binaries: install
+	$(PY) -m llmops_dev.cli cluster build
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# pytest exits 5 when it collected no test: that is a failure here, never a pass.
+test: binaries lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+quickstart: binaries
+	$(PY) -m llmops_dev.cli quickstart
+
+down: install
+	$(PY) -m llmops_dev.cli quickstart --down
+
+clean: down
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

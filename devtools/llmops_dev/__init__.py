@@ -1,0 +1,1 @@
+"""Developer tooling: a real local Kubernetes control plane built from the Go module proxy."""
