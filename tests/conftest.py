@@ -6,12 +6,16 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from llmops_dev.cluster import ClusterState, reap_stale, running
 
-from kube import Kube
+from kube import Kube, wait_for
+from operator_proc import OperatorProcess
+
+REPO = Path(__file__).resolve().parents[1]
 
 _tested_against: dict[str, str] = {}
 
@@ -43,6 +47,37 @@ def namespace(kube: Kube) -> Iterator[str]:
     kube.run("create", "namespace", name)
     yield name
     kube.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def crds(kube: Kube) -> list[str]:
+    """The generated CRDs, installed and Established."""
+    kube.run("apply", "--server-side", "-f", str(REPO / "crds"))
+    names = [
+        n.split("/", 1)[1]
+        for n in kube.run("get", "crd", "-l", "app.kubernetes.io/part-of=llmops", "-o", "name").split()
+    ]
+    for name in names:
+        wait_for(
+            f"CRD {name} Established",
+            lambda n=name: (
+                "True"
+                in kube.run("get", "crd", n, "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}")
+            ),  # type: ignore[misc]
+        )
+    return names
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: ClusterState, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator as a subprocess, watching every namespace; resyncs every 5 s so that tests
+    see reconciles happen even when nothing changes."""
+    proc = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), resync_seconds=5)
+    proc.start()
+    yield proc
+    proc.stop()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -59,8 +59,10 @@ class Kube:
         path.chmod(0o600)
         return Kube(self.state, str(path))
 
-    def get(self, kind: str, name: str | None = None, namespace: str | None = None) -> Any:
+    def get(self, kind: str, name: str | None = None, namespace: str | None = None, managed: bool = False) -> Any:
         args = ["get", kind] + ([name] if name else []) + ["-o", "json"]
+        if managed:
+            args.append("--show-managed-fields")
         if namespace:
             args += ["-n", namespace]
         return json.loads(self.run(*args))
@@ -72,11 +74,7 @@ class Kube:
         return bool(self.run(*args).strip())
 
     def apply(self, manifest: dict[str, Any] | list[dict[str, Any]], namespace: str | None = None) -> str:
-        doc = (
-            manifest
-            if isinstance(manifest, dict)
-            else {"apiVersion": "v1", "kind": "List", "items": manifest}
-        )
+        doc = manifest if isinstance(manifest, dict) else {"apiVersion": "v1", "kind": "List", "items": manifest}
         args = ["apply", "--server-side", "--field-manager=pytest", "-f", "-"]
         if namespace:
             args += ["-n", namespace]
@@ -131,3 +129,12 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
         if c.get("type") == type_:
             return dict(c)
     return None
+
+
+def contains(want: Any, have: Any) -> bool:
+    """Every field of ``want`` is in ``have`` with the same value (server defaults may add more)."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(k in have and contains(v, have[k]) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(want) == len(have) and all(map(contains, want, have))
+    return bool(want == have)

@@ -18,9 +18,7 @@ pytestmark = pytest.mark.cluster
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmops_dev.cli", *args], capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-m", "llmops_dev.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def _listening(port: int) -> bool:

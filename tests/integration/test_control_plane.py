@@ -104,10 +104,7 @@ def test_crd_schema_and_cel_validation(kube: Kube, namespace: str) -> None:
     kube.apply(WIDGET_CRD)
     wait_for(
         "Widget CRD Established",
-        lambda: (
-            (c := condition(kube.get("crd", "widgets.smoke.llmops.dev"), "Established"))
-            and c["status"] == "True"
-        ),
+        lambda: (c := condition(kube.get("crd", "widgets.smoke.llmops.dev"), "Established")) and c["status"] == "True",
     )
     ok, out = kube.try_apply(_widget("good", 1, 3), namespace)
     assert ok, out
@@ -276,8 +273,7 @@ def test_rbac_is_enforced_for_service_accounts(kube: Kube, namespace: str, tmp_p
     wait_for(
         "the RoleBinding to take effect",
         lambda: (
-            "configmap/kube-root-ca.crt"
-            in as_sa.run("get", "configmaps", "-n", namespace, "-o", "name", check=False)
+            "configmap/kube-root-ca.crt" in as_sa.run("get", "configmaps", "-n", namespace, "-o", "name", check=False)
         ),
     )
 

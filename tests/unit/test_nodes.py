@@ -20,9 +20,7 @@ def test_node_builder(kwargs: dict[str, object], gpu_capacity: str | None, taint
     assert n["status"]["capacity"].get("nvidia.com/gpu") == gpu_capacity
     assert (n["spec"].get("taints") == [GPU_TAINT]) is tainted
     if gpu_capacity:
-        assert n["metadata"]["labels"]["nvidia.com/gpu.product"] == kwargs.get(
-            "gpu_product", "NVIDIA-H100-80GB-HBM3"
-        )
+        assert n["metadata"]["labels"]["nvidia.com/gpu.product"] == kwargs.get("gpu_product", "NVIDIA-H100-80GB-HBM3")
 
 
 def test_default_nodes_have_one_cpu_and_one_gpu_node() -> None:

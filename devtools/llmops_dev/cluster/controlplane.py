@@ -34,6 +34,14 @@ from .nodes import default_nodes
 SERVICE_CIDR = "10.0.0.0/24"
 KUBERNETES_SERVICE_IP = "10.0.0.1"
 POD_CIDR = "10.244.0.0/16"
+OPERATOR_USER = "llmops-operator"
+# Metadata-level audit records of what the operator's user sends: tests count its writes.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}],
+}
 START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
@@ -60,6 +68,16 @@ class ClusterState:
     @property
     def root_path(self) -> Path:
         return Path(self.root)
+
+    @property
+    def operator_kubeconfig(self) -> str:
+        """A kubeconfig for the operator under test (user llmops-operator)."""
+        return str(self.root_path / "operator.kubeconfig")
+
+    @property
+    def audit_log(self) -> Path:
+        """Audit records (JSON lines) of every request the operator's user made."""
+        return self.root_path / "audit.log"
 
     def env(self) -> dict[str, str]:
         """Environment for clients: KUBECONFIG and the binaries first on PATH."""
@@ -138,9 +156,7 @@ def _kubeconfig(path: Path, server: str, ca: Path, user: str, client: pki.CertPa
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": "llmops-local", "cluster": {"server": server, "certificate-authority": str(ca)}}
-        ],
+        "clusters": [{"name": "llmops-local", "cluster": {"server": server, "certificate-authority": str(ca)}}],
         "users": [
             {
                 "name": user,
@@ -276,6 +292,13 @@ def up(
             "system:kube-scheduler",
             ca.issue("kube-scheduler", "system:kube-scheduler"),
         ),
+        # The operator under test has its own identity, so the audit log can tell its requests
+        # apart (system:masters until the Helm chart's RBAC takes over).
+        "operator": (
+            root / "operator.kubeconfig",
+            OPERATOR_USER,
+            ca.issue("operator", OPERATOR_USER, ("system:masters",)),
+        ),
         # kwok acts as every node's kubelet; the admin group keeps its setup to one certificate.
         "kwok": (root / "kwok.kubeconfig", "kwok", ca.issue("kwok", "kwok", ("system:masters",))),
     }
@@ -343,6 +366,8 @@ def _start_all(
     )
 
     server = launcher.state.server
+    audit_policy = root / "audit-policy.yaml"
+    audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
     launcher.start(
         "kube-apiserver",
         [
@@ -362,6 +387,9 @@ def _start_all(
             "--authorization-mode=RBAC",
             "--allow-privileged=true",
             "--profiling=false",
+            f"--audit-policy-file={audit_policy}",
+            f"--audit-log-path={root / 'audit.log'}",
+            "--audit-log-mode=blocking",  # a record is on disk before the response is sent
         ],
     )
     admin_ctx = _tls_context(ca.cert, admin)
@@ -456,39 +484,28 @@ def kubectl(state: ClusterState, *args: str, input: str | None = None, check: bo
     return proc.stdout
 
 
-def _bootstrap(
-    state: ClusterState, ca: Path, admin: pki.CertPair, nodes: list[dict[str, Any]], timeout: float
-) -> None:
+def _bootstrap(state: ClusterState, ca: Path, admin: pki.CertPair, nodes: list[dict[str, Any]], timeout: float) -> None:
     """Create the fake nodes; wait until they are Ready and the default namespace is usable."""
     if nodes:
-        kubectl(
-            state, "create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes})
-        )
+        kubectl(state, "create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
 
     def nodes_ready() -> bool:
         items = json.loads(kubectl(state, "get", "nodes", "-o", "json"))["items"]
         ready = {
             n["metadata"]["name"]
             for n in items
-            if any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in n.get("status", {}).get("conditions", [])
-            )
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
         }
         return ready >= {n["metadata"]["name"] for n in nodes}
 
     def default_namespace_usable() -> bool:
         # The service-account controller creates "default"; pods cannot be admitted before it.
         sa = kubectl(state, "get", "serviceaccount", "default", "-n", "default", "-o", "name", check=False)
-        cm = kubectl(
-            state, "get", "configmap", "kube-root-ca.crt", "-n", "default", "-o", "name", check=False
-        )
+        cm = kubectl(state, "get", "configmap", "kube-root-ca.crt", "-n", "default", "-o", "name", check=False)
         return bool(sa.strip() and cm.strip())
 
     logs = state.root_path / "logs"
-    _wait(
-        "nodes Ready", nodes_ready, timeout, lambda: (logs / "kwok.log").read_text(errors="replace")[-3000:]
-    )
+    _wait("nodes Ready", nodes_ready, timeout, lambda: (logs / "kwok.log").read_text(errors="replace")[-3000:])
     _wait(
         "default service account",
         default_namespace_usable,
@@ -507,9 +524,7 @@ def down(name: str = "local", grace: float = 10.0) -> list[str]:
     stopped: list[str] = []
     if state is not None:
         # Reverse start order: clients before the API server, etcd last.
-        order = sorted(
-            state.pids, key=lambda n: START_ORDER.index(n) if n in START_ORDER else -1, reverse=True
-        )
+        order = sorted(state.pids, key=lambda n: START_ORDER.index(n) if n in START_ORDER else -1, reverse=True)
         for proc_name in order:
             pid = state.pids[proc_name]
             if pid_alive(pid):

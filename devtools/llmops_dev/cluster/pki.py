@@ -129,8 +129,6 @@ def service_account_keys(directory: Path) -> CertPair:
     pair = CertPair(directory / "sa.pub", directory / "sa.key")
     _write_key(key, pair.key)
     pair.cert.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return pair

@@ -1,0 +1,23 @@
+"""The REST locations of every kind the operator reads or writes."""
+
+from __future__ import annotations
+
+from ..api import embedding
+from .client import ResourceType
+
+EMBEDDING_SERVICE = ResourceType(embedding.GROUP, embedding.VERSION, embedding.PLURAL, embedding.KIND)
+FINE_TUNE_JOB = ResourceType("llmops.dev", "v1alpha1", "finetunejobs", "FineTuneJob")
+
+CONFIG_MAP = ResourceType("", "v1", "configmaps", "ConfigMap")
+SERVICE = ResourceType("", "v1", "services", "Service")
+EVENT = ResourceType("", "v1", "events", "Event")
+DEPLOYMENT = ResourceType("apps", "v1", "deployments", "Deployment")
+HPA = ResourceType("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
+PDB = ResourceType("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
+NETWORK_POLICY = ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+SERVICE_MONITOR = ResourceType("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor")
+
+# Children are watched (label app.kubernetes.io/managed-by=llmops-operator) and cached.
+CHILDREN: dict[str, ResourceType] = {
+    rt.kind: rt for rt in (CONFIG_MAP, SERVICE, DEPLOYMENT, HPA, PDB, NETWORK_POLICY, SERVICE_MONITOR)
+}

@@ -1,0 +1,105 @@
+"""What every reconciler shares: results and error classes, applying children, writing status."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..children.common import Owner
+from ..kube import compare
+from ..kube.client import ApiError, Client, ResourceType
+from ..kube.resources import CHILDREN
+from ..runtime.events import EventRecorder
+from ..runtime.store import Key, Store
+
+log = logging.getLogger("llmops.reconcile")
+
+
+@dataclass
+class Result:
+    requeue_after: float | None = None
+
+
+class PermanentError(Exception):
+    """Retrying cannot help until the spec (or something a person controls) changes."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class TemporaryError(Exception):
+    """Retry with backoff (a dependency is down or not ready yet)."""
+
+    def __init__(self, reason: str, message: str, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.delay = delay
+
+
+@dataclass
+class Context:
+    client: Client
+    owners: Store
+    children: Store
+    events: EventRecorder
+    optional_kinds: set[str] = field(default_factory=set)  # e.g. ServiceMonitor, when its CRD exists
+
+
+def owner_of(obj: dict[str, Any]) -> Owner:
+    meta = obj["metadata"]
+    return Owner(obj["apiVersion"], obj["kind"], meta["name"], meta["uid"], meta["namespace"])
+
+
+def _owned_by(obj: dict[str, Any], owner: Owner) -> bool:
+    return any(ref.get("uid") == owner.uid for ref in obj["metadata"].get("ownerReferences", []))
+
+
+async def sync_children(
+    ctx: Context, owner: Owner, desired: dict[str, dict[str, Any] | None], name: str
+) -> dict[str, dict[str, Any]]:
+    """Apply what is wanted and differs from the cache; delete the kinds no longer wanted.
+
+    ``desired`` maps every child kind this owner may have to its object, or None when the
+    owner should not have one (e.g. no HPA without autoscaling). Returns the live objects.
+    """
+    live: dict[str, dict[str, Any]] = {}
+    for kind, obj in desired.items():
+        rt: ResourceType = CHILDREN[kind]
+        key = Key(kind, owner.namespace, obj["metadata"]["name"] if obj else name)
+        current = ctx.children.get(key)
+        if obj is None:
+            if current is not None and _owned_by(current, owner):
+                log.info("deleting child no longer wanted", extra={"kind": kind, "child": key.name})
+                await ctx.client.delete(rt, key.namespace, key.name)
+                ctx.children.remove(key)
+            continue
+        obj = compare.with_hash(obj)
+        if compare.needs_apply(obj, current):
+            try:
+                applied = await ctx.client.apply(rt, obj)
+            except ApiError as exc:
+                if exc.permanent:
+                    raise PermanentError("ApplyRejected", f"{kind} {key.name} was rejected: {exc.message}") from exc
+                raise
+            ctx.children.put(applied)
+            live[kind] = applied
+            log.info("applied child", extra={"kind": kind, "child": key.name, "existed": current is not None})
+        elif current is not None:
+            live[kind] = current
+    return live
+
+
+def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any] | None:
+    """The merge patch from old to new status, or None when nothing changed."""
+    old = old or {}
+    if old == new:
+        return None
+    patch: dict[str, Any] = dict(new)
+    for k in old:
+        if k not in new:
+            patch[k] = None  # merge-patch deletes with null
+    return patch

@@ -1,0 +1,237 @@
+"""The one reconcile of an EmbeddingService: resolve the model, apply the children that differ,
+delete the ones no longer wanted, and write status only when it changed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import ValidationError
+
+from .. import conditions
+from ..api.embedding import EmbeddingServiceSpec
+from ..children import autoscaler, configmap, deployment, disruption, networkpolicy, service, servicemonitor
+from ..children.common import Workload
+from ..children.embedding import workload
+from ..conditions import Cond
+from ..kube.resources import EMBEDDING_SERVICE, FINE_TUNE_JOB
+from ..runtime.store import Key
+from .base import Context, PermanentError, Result, TemporaryError, owner_of, status_patch, sync_children
+
+log = logging.getLogger("llmops.reconcile.embedding")
+WAIT_FOR_FINE_TUNE = 30.0
+
+
+def _readable_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"spec.{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def _resolve_fine_tune(ctx: Context, namespace: str, name: str) -> tuple[str, str] | Cond:
+    """The (claim, path) a succeeded FineTuneJob wrote, or the condition saying what we wait for."""
+    job = await ctx.client.get(FINE_TUNE_JOB, namespace, name)
+    if job is None:
+        return Cond("ModelResolved", "False", "FineTuneJobNotFound", f"FineTuneJob {name} does not exist (yet)")
+    status = job.get("status") or {}
+    phase = status.get("phase", "Pending")
+    if phase != "Succeeded":
+        return Cond(
+            "ModelResolved",
+            "False",
+            "WaitingForFineTuneJob",
+            f"FineTuneJob {name} is {phase}; serving starts on success",
+        )
+    output = urlparse(str(status.get("output", "")))
+    if output.scheme != "pvc" or not output.netloc:
+        return Cond("ModelResolved", "False", "FineTuneOutputInvalid", f"FineTuneJob {name} has no pvc:// output")
+    return output.netloc, output.path.lstrip("/")
+
+
+def rollout_conditions(dep: dict[str, Any] | None, w: Workload) -> tuple[list[Cond], int, int]:
+    """Ready / Progressing / Degraded read from the Deployment, plus (replicas, readyReplicas)."""
+    if dep is None:
+        return (
+            [
+                Cond("Ready", "False", "Creating", "the Deployment is being created"),
+                Cond("Progressing", "True", "Creating", "the Deployment is being created"),
+                Cond("Degraded", "False", "AsExpected"),
+            ],
+            0,
+            0,
+        )
+    spec_replicas = int(dep.get("spec", {}).get("replicas", 1))
+    st = dep.get("status") or {}
+    dep_conds = st.get("conditions") or []
+    replicas, ready = int(st.get("replicas", 0)), int(st.get("readyReplicas", 0))
+    updated, available = int(st.get("updatedReplicas", 0)), int(st.get("availableReplicas", 0))
+    observed = int(st.get("observedGeneration", 0)) >= int(dep["metadata"].get("generation", 0))
+    rolled_out = observed and updated == spec_replicas and replicas == spec_replicas and ready == spec_replicas
+    out: list[Cond] = []
+
+    # Ready means "serving": at least one replica answers. A scale-up or a rollout in progress
+    # is Progressing, not un-Ready.
+    if spec_replicas == 0:
+        out.append(Cond("Ready", "False", "ScaledToZero", "replicas is 0"))
+    elif available > 0:
+        out.append(Cond("Ready", "True", "Available", f"{ready}/{spec_replicas} replicas ready"))
+    else:
+        out.append(
+            Cond(
+                "Ready",
+                "False",
+                "NoReplicasReady",
+                f"0/{spec_replicas} replicas ready: pods are scheduling, pulling the image or loading the model",
+            )
+        )
+
+    if rolled_out:
+        out.append(Cond("Progressing", "False", "RolloutComplete", f"{ready}/{spec_replicas} replicas up to date"))
+    else:
+        out.append(
+            Cond(
+                "Progressing",
+                "True",
+                "RollingOut",
+                f"{updated}/{spec_replicas} replicas updated, {ready} ready, {replicas} running in total",
+            )
+        )
+
+    failure = conditions.get(dep_conds, "ReplicaFailure")
+    progressing = conditions.get(dep_conds, "Progressing")
+    if failure and failure.get("status") == "True":
+        out.append(Cond("Degraded", "True", "ReplicaFailure", str(failure.get("message", ""))))
+    elif progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
+        out.append(
+            Cond(
+                "Degraded",
+                "True",
+                "ProgressDeadlineExceeded",
+                f"the rollout made no progress: {progressing.get('message', '')}; check the pods' events and logs",
+            )
+        )
+    else:
+        out.append(Cond("Degraded", "False", "AsExpected"))
+    return out, replicas, ready
+
+
+async def reconcile(ctx: Context, key: Key) -> Result:
+    body = ctx.owners.get(key)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return Result()  # garbage collection removes the children (ownerReferences)
+    generation = body["metadata"].get("generation")
+    owner = owner_of(body)
+    base_status: dict[str, Any] = {"observedGeneration": generation}
+
+    try:
+        spec = EmbeddingServiceSpec.model_validate(body["spec"])
+    except ValidationError as exc:
+        raise PermanentError("InvalidSpec", _readable_validation_error(exc)) from exc
+
+    extra: list[Cond] = []
+    pvc: tuple[str, str] | None = None
+    source = spec.model.source
+    if source.pvc:
+        pvc = (source.pvc.claim_name, source.pvc.path)
+    elif source.fine_tune_job_ref:
+        resolved = await _resolve_fine_tune(ctx, owner.namespace, source.fine_tune_job_ref.name)
+        if isinstance(resolved, Cond):
+            wanted = [
+                Cond("Ready", "False", resolved.reason, resolved.message),
+                Cond("Progressing", "True", resolved.reason, resolved.message),
+                Cond("Degraded", "False", "AsExpected"),
+                resolved,
+            ]
+            await write_status(ctx, body, base_status, wanted)
+            return Result(requeue_after=WAIT_FOR_FINE_TUNE)
+        pvc = resolved
+        extra.append(Cond("ModelResolved", "True", "FineTuneJobSucceeded", f"serving pvc://{pvc[0]}/{pvc[1]}"))
+
+    w = workload(owner, spec, pvc)
+    desired = {
+        "ConfigMap": configmap.build(w),
+        "Deployment": deployment.build(w),
+        "Service": service.build(w),
+        "HorizontalPodAutoscaler": autoscaler.build(w),
+        "PodDisruptionBudget": disruption.build(w),
+        "NetworkPolicy": networkpolicy.build(w),
+    }
+    if "ServiceMonitor" in ctx.optional_kinds:
+        desired["ServiceMonitor"] = servicemonitor.build(w, crd_installed=True)
+    live = await sync_children(ctx, owner, desired, w.name)
+
+    conds, replicas, ready = rollout_conditions(live.get("Deployment"), w)
+    status = {
+        **base_status,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "endpoint": service.endpoint(w),
+        "model": f"{spec.model.name}@{spec.model.revision}",
+        "selector": w.selector_string,
+    }
+    if spec.model.dimension:
+        status["dimension"] = spec.model.dimension
+    await write_status(ctx, body, status, conds + extra)
+    return Result()
+
+
+async def write_status(ctx: Context, body: dict[str, Any], status: dict[str, Any], wanted: list[Cond]) -> None:
+    """Write status when it changed, and post an Event when Ready or Degraded flips."""
+    old = body.get("status") or {}
+    new = dict(status)
+    new["conditions"] = conditions.merge(old.get("conditions", []), wanted, status.get("observedGeneration"))
+    patch = status_patch(old, new)
+    if patch is None:
+        return
+    meta = body["metadata"]
+    updated = await ctx.client.patch_status(EMBEDDING_SERVICE, meta["namespace"], meta["name"], patch)
+    ctx.owners.put(updated)
+    await _transition_events(ctx, body, old.get("conditions", []), new["conditions"])
+
+
+async def _transition_events(
+    ctx: Context, body: dict[str, Any], old: list[dict[str, Any]], new: list[dict[str, Any]]
+) -> None:
+    for type_ in ("Ready", "Degraded"):
+        before, after = conditions.get(old, type_), conditions.get(new, type_)
+        if after is None or (before and before.get("status") == after.get("status")):
+            continue
+        if before is None and after["status"] == "False" and type_ == "Degraded":
+            continue  # "not degraded" on creation is not news
+        warning = (type_ == "Degraded" and after["status"] == "True") or (
+            type_ == "Ready" and after["status"] == "False" and before is not None
+        )
+        await ctx.events.emit(
+            body,
+            "Warning" if warning else "Normal",
+            after["reason"] if after["status"] == "True" or type_ == "Ready" else f"Not{type_}",
+            after.get("message") or after["reason"],
+        )
+
+
+async def report_error(ctx: Context, key: Key, exc: PermanentError | TemporaryError) -> None:
+    """Put a failed reconcile into status: Degraded for permanent errors, Progressing for temporary."""
+    body = ctx.owners.get(key)
+    if body is None:
+        return
+    old = body.get("status") or {}
+    status = {k: v for k, v in old.items() if k != "conditions"}
+    status["observedGeneration"] = body["metadata"].get("generation")
+    kept = [Cond(c["type"], c["status"], c["reason"], c.get("message", "")) for c in old.get("conditions", [])]
+    kept = [c for c in kept if c.type not in ("Degraded", "Ready", "Progressing")]
+    if isinstance(exc, PermanentError):
+        wanted = [
+            Cond("Ready", "False", exc.reason, exc.message),
+            Cond("Progressing", "False", exc.reason, "waiting for the spec to be fixed"),
+            Cond("Degraded", "True", exc.reason, exc.message),
+        ]
+    else:
+        wanted = [
+            Cond("Ready", "False", exc.reason, exc.message),
+            Cond("Progressing", "True", exc.reason, f"{exc.message}; retrying"),
+            Cond("Degraded", "False", "AsExpected"),
+        ]
+    await write_status(ctx, body, status, wanted + kept)
