@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from llmops_dev.cluster import ClusterState
+from llmops_dev.cluster.controlplane import free_port
 
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class OperatorProcess:
@@ -43,7 +36,7 @@ class OperatorProcess:
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
-        self.metrics_port, self.health_port = _free_port(), _free_port()
+        self.metrics_port, self.health_port = free_port(), free_port()
         env = {**os.environ, "KUBECONFIG": self.cluster.operator_kubeconfig}
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:

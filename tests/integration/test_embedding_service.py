@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from operator_proc import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+REPO = Path(__file__).resolve().parents[2]
 CHILD_KINDS = ("deployment", "service", "configmap", "networkpolicy", "hpa", "pdb")
 
 
@@ -349,3 +351,53 @@ def test_the_operator_never_changes_spec_or_metadata(kube: Kube, operator: Opera
     assert set(managers) == {"pytest", "llmops-operator"}
     assert managers["llmops-operator"]["subresource"] == "status"
     assert contains(manifest["spec"], obj["spec"])
+
+
+SERVICE_MONITOR_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }
+        ],
+    },
+}
+
+
+def test_service_monitor_only_when_its_crd_is_installed(kube: Kube, operator: OperatorProcess, namespace: str) -> None:
+    kube.apply(emb("watched", monitoring={"serviceMonitor": {"labels": {"release": "prom"}}}), namespace)
+    wait_ready(kube, namespace, "watched")
+    assert "servicemonitors" not in kube.run("api-resources", "--api-group=monitoring.coreos.com")
+    kube.apply(SERVICE_MONITOR_CRD)
+    try:
+        sm = wait_for(
+            "ServiceMonitor created after the CRD appears (next resync)",
+            lambda: (
+                kube.exists("servicemonitor", "watched", namespace) and kube.get("servicemonitor", "watched", namespace)
+            ),
+            timeout=30,
+        )
+        assert sm["metadata"]["labels"]["release"] == "prom"
+        assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+        assert sm["metadata"]["ownerReferences"][0]["kind"] == "EmbeddingService"
+    finally:
+        kube.run("delete", "crd", "servicemonitors.monitoring.coreos.com", "--wait=true")
+
+
+@pytest.mark.parametrize("example", ["embedding-service.yaml", "embedding-service-gpu.yaml"])
+def test_examples_reach_ready(kube: Kube, operator: OperatorProcess, namespace: str, example: str) -> None:
+    kube.run("create", "secret", "generic", "embedding-api-key", "--from-literal=key=not-a-real-key", "-n", namespace)
+    docs = list(yaml.safe_load_all((REPO / "examples" / example).read_text()))
+    kube.run("apply", "-n", namespace, "-f", str(REPO / "examples" / example))
+    for doc in docs:
+        obj = wait_ready(kube, namespace, doc["metadata"]["name"])
+        assert obj["status"]["dimension"] == doc["spec"]["model"]["dimension"]

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -109,11 +110,32 @@ def _save_state(state: ClusterState) -> None:
     tmp.replace(path)
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free port *below* the kernel's ephemeral range.
+
+    A port handed out by bind(0) comes from the ephemeral range, and between choosing it and
+    the server binding it, any outgoing connection (etcd's clients, the API server's watches)
+    may take it as its source port. Ports below the range are never used that way.
+    """
+    low, _ = _ephemeral_range()
+    lowest = 10000 if low > 12000 else 1024
+    for _ in range(200):
+        port = random.randint(lowest, low - 1)  # noqa: S311 (not cryptographic)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ClusterError("no free port below the ephemeral range")
 
 
 def pid_alive(pid: int) -> bool:

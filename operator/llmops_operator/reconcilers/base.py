@@ -82,6 +82,9 @@ async def sync_children(
             try:
                 applied = await ctx.client.apply(rt, obj)
             except ApiError as exc:
+                if exc.not_found and kind in ctx.optional_kinds:
+                    ctx.optional_kinds.discard(kind)  # its CRD was removed since discovery
+                    continue
                 if exc.permanent:
                     raise PermanentError("ApplyRejected", f"{kind} {key.name} was rejected: {exc.message}") from exc
                 raise

@@ -144,6 +144,10 @@ class Controller:
         evidence that a converged reconcile writes nothing."""
         while True:
             await asyncio.sleep(self.resync_seconds)
+            try:  # a ServiceMonitor CRD installed (or removed) after start-up
+                self.ctx.optional_kinds = await self._optional_kinds()
+            except (ApiError, OSError) as exc:
+                log.warning("discovery failed", extra={"error": str(exc)})
             for kind in KINDS:
                 for obj in self.ctx.owners.items_of(kind):
                     self.queue.add(key_of(obj))
