@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from llmops_dev.cluster import ClusterState, reap_stale, running
+from llmops_dev.operator_process import OperatorProcess
 
 from kube import Kube, wait_for
-from operator_proc import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
 

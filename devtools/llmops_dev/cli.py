@@ -77,17 +77,9 @@ def _cmd_down(args: argparse.Namespace) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     if args.down:
         return _cmd_down(args)
-    existing = controlplane.status(args.name)
-    if existing.get("running") and existing.get("apiserverReady"):
-        state = controlplane.load_state(args.name)
-        assert state is not None
-        print(f"cluster {args.name!r} is already running")
-    else:
-        state = controlplane.up(args.name)
-    _print_usage(state)
-    print("\nNodes:")
-    print(controlplane.kubectl(state, "get", "nodes", "-o", "wide").rstrip())
-    return 0
+    from . import quickstart
+
+    return quickstart.run(args.name)
 
 
 def main(argv: list[str] | None = None) -> int:

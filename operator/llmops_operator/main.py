@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=float(os.environ.get("LLMOPS_RESYNC_SECONDS", "600")),
         help="Reconcile every object this often even without events (0: never).",
     )
+    p.add_argument(
+        "--always-apply",
+        action="store_true",
+        help="Benchmark baseline: server-side apply every child on every reconcile (never use in production).",
+    )
     p.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("LLMOPS_LOG_FORMAT", "json"))
     p.add_argument("--log-level", default=os.environ.get("LLMOPS_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
@@ -71,7 +76,13 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 async def run(args: argparse.Namespace) -> None:
     creds = credentials.load(args.kubeconfig)
     client = Client(creds)
-    ctx = Context(client=client, owners=Store(), children=Store(), events=EventRecorder(client))
+    ctx = Context(
+        client=client,
+        owners=Store(),
+        children=Store(),
+        events=EventRecorder(client),
+        always_apply=args.always_apply,
+    )
     namespaces = args.namespace or None
     controller = Controller(client, ctx, namespaces, workers=args.workers, resync_seconds=args.resync_seconds)
     registry = kopf.OperatorRegistry()

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from llmops_dev.operator_process import OperatorProcess
+
 from kube import Kube, condition, contains, wait_for
-from operator_proc import OperatorProcess
 
 pytestmark = pytest.mark.cluster
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -401,3 +402,24 @@ def test_examples_reach_ready(kube: Kube, operator: OperatorProcess, namespace: 
     for doc in docs:
         obj = wait_ready(kube, namespace, doc["metadata"]["name"])
         assert obj["status"]["dimension"] == doc["spec"]["model"]["dimension"]
+
+
+def test_namespace_scoping(kube: Kube, operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
+    other = f"{namespace}-other"
+    kube.run("create", "namespace", other)
+    operator.stop()  # the session's operator watches every namespace
+    scoped = OperatorProcess(operator.cluster, tmp_path, extra_args=("--namespace", namespace))
+    try:
+        scoped.start()
+        kube.apply(emb("inside"), namespace)
+        kube.apply(emb("outside"), other)
+        wait_ready(kube, namespace, "inside")
+        time.sleep(3)
+        assert not kube.get("emb", "outside", other).get("status")
+        assert not kube.exists("deployment", "outside", other)
+        assert all(rec["objectRef"].get("namespace") != other for rec in scoped.audit() if "objectRef" in rec)
+    finally:
+        scoped.stop()
+        operator.start()
+    wait_ready(kube, other, "outside")  # the cluster-wide operator picks it up
+    kube.run("delete", "namespace", other, "--wait=false")

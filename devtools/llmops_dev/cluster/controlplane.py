@@ -214,10 +214,11 @@ class _Launcher:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, args: list[str]) -> None:
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             args,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -484,6 +485,14 @@ def _start_all(
     launcher.alive("kwok")
 
 
+def start_process(state: ClusterState, name: str, args: list[str], env: dict[str, str] | None = None) -> int:
+    """Start a process that belongs to the cluster (e.g. the operator in the quickstart): its
+    pid is recorded in the cluster's state, so ``down`` stops it with everything else."""
+    launcher = _Launcher(state, die_with_parent=False)
+    launcher.start(name, args, env)
+    return state.pids[name]
+
+
 def _insecure() -> ssl.SSLContext:
     """The controller-manager and scheduler serve /healthz with a self-signed certificate."""
     ctx = ssl.create_default_context()
@@ -545,8 +554,9 @@ def down(name: str = "local", grace: float = 10.0) -> list[str]:
     root = runs_dir() / name
     stopped: list[str] = []
     if state is not None:
-        # Reverse start order: clients before the API server, etcd last.
-        order = sorted(state.pids, key=lambda n: START_ORDER.index(n) if n in START_ORDER else -1, reverse=True)
+        # Reverse start order: processes added later (the operator) and clients first, etcd last.
+        rank = {n: i for i, n in enumerate(START_ORDER)}
+        order = sorted(state.pids, key=lambda n: rank.get(n, len(START_ORDER)), reverse=True)
         for proc_name in order:
             pid = state.pids[proc_name]
             if pid_alive(pid):
@@ -560,6 +570,10 @@ def down(name: str = "local", grace: float = 10.0) -> list[str]:
                 time.sleep(0.05)
             if pid_alive(pid):
                 _signal_group(pid, signal.SIGKILL)
+                killed = time.monotonic() + 5
+                while pid_alive(pid) and time.monotonic() < killed:  # SIGKILL is not instant
+                    _reap(pid)
+                    time.sleep(0.02)
             _reap(pid)
     shutil.rmtree(root, ignore_errors=True)
     return stopped

@@ -13,14 +13,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from llmops_dev.cluster import ClusterState
-from llmops_dev.cluster.controlplane import free_port
+from .cluster import ClusterState
+from .cluster.controlplane import free_port
 
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 
 class OperatorProcess:
-    def __init__(self, cluster: ClusterState, log_dir: Path, resync_seconds: float = 600) -> None:
+    def __init__(
+        self, cluster: ClusterState, log_dir: Path, resync_seconds: float = 600, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        self.extra_args = extra_args
         self.cluster = cluster
         self.log_dir = log_dir
         self.resync_seconds = resync_seconds
@@ -49,6 +52,7 @@ class OperatorProcess:
                     f"--metrics-port={self.metrics_port}",
                     f"--health-port={self.health_port}",
                     f"--resync-seconds={self.resync_seconds}",
+                    *self.extra_args,
                 ],
                 env=env,
                 stdout=log,
