@@ -138,3 +138,26 @@ def contains(want: Any, have: Any) -> bool:
     if isinstance(want, list):
         return isinstance(have, list) and len(want) == len(have) and all(map(contains, want, have))
     return bool(want == have)
+
+
+def crd_manifest(group: str, kind: str, plural: str, schema: dict[str, Any], version: str = "v1") -> dict[str, Any]:
+    """A one-version, namespaced CustomResourceDefinition for tests."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": version,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": schema},
+                }
+            ],
+        },
+    }

@@ -10,50 +10,35 @@ import pytest
 
 from llmops_dev.cluster import ClusterState, build
 
-from kube import Kube, condition, wait_for
+from kube import Kube, condition, crd_manifest, wait_for
 
 pytestmark = pytest.mark.cluster
 
-WIDGET_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "widgets.smoke.llmops.dev"},
-    "spec": {
-        "group": "smoke.llmops.dev",
-        "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
-        "scope": "Namespaced",
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "spec": {
-                                "type": "object",
-                                "required": ["minReplicas", "maxReplicas"],
-                                "properties": {
-                                    "minReplicas": {"type": "integer", "minimum": 0},
-                                    "maxReplicas": {"type": "integer", "minimum": 1},
-                                },
-                                "x-kubernetes-validations": [
-                                    {
-                                        "rule": "self.minReplicas <= self.maxReplicas",
-                                        "message": "minReplicas must not exceed maxReplicas",
-                                    }
-                                ],
-                            },
-                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                        },
-                    }
+WIDGET_CRD = crd_manifest(
+    "smoke.llmops.dev",
+    "Widget",
+    "widgets",
+    {
+        "type": "object",
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["minReplicas", "maxReplicas"],
+                "properties": {
+                    "minReplicas": {"type": "integer", "minimum": 0},
+                    "maxReplicas": {"type": "integer", "minimum": 1},
                 },
-            }
-        ],
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "self.minReplicas <= self.maxReplicas",
+                        "message": "minReplicas must not exceed maxReplicas",
+                    }
+                ],
+            },
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
     },
-}
+)
 
 
 def _widget(name: str, lo: int, hi: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import yaml
 
 from llmops_dev.operator_process import OperatorProcess
 
-from kube import Kube, condition, contains, wait_for
+from kube import Kube, condition, contains, crd_manifest, wait_for
 
 pytestmark = pytest.mark.cluster
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -354,24 +354,12 @@ def test_the_operator_never_changes_spec_or_metadata(kube: Kube, operator: Opera
     assert contains(manifest["spec"], obj["spec"])
 
 
-SERVICE_MONITOR_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
-        "scope": "Namespaced",
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-            }
-        ],
-    },
-}
+SERVICE_MONITOR_CRD = crd_manifest(
+    "monitoring.coreos.com",
+    "ServiceMonitor",
+    "servicemonitors",
+    {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+)
 
 
 def test_service_monitor_only_when_its_crd_is_installed(kube: Kube, operator: OperatorProcess, namespace: str) -> None:
