@@ -5,8 +5,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= dev
+EXTRAS ?= serve,train,dev
 PYTEST_ARGS ?=
+# Models come from packages and local folders: never from a hub at run time.
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
 
 .PHONY: help install binaries lint typecheck unit test quickstart down clean
 
