@@ -1,0 +1,1 @@
+"""The embedding server: dynamic batching behind OpenAI- and TEI-compatible APIs."""
