@@ -103,7 +103,7 @@ class EmbeddingModel:
         self.device = pick_device(cfg)
         dtype = pick_dtype(cfg, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModel.from_pretrained(model_dir, torch_dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModel.from_pretrained(model_dir, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
         model.eval()
         if cfg.quantization == "int8":
             if self.device.type != "cpu":
