@@ -11,7 +11,9 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install binaries lint typecheck unit test quickstart down clean
+INFINITY_VENV ?= $(HOME)/.cache/llmops/venvs/infinity
+
+.PHONY: help install binaries lint typecheck unit test quickstart down clean bench-deps bench-embedding bench-operator
 
 help:
 	@echo "make quickstart   bring up the local stack (control plane, ...) and show it working"
@@ -50,6 +52,19 @@ quickstart: binaries
 
 down: install
 	$(PY) -m llmops_dev.cli quickstart --down
+
+# Benchmarks (not part of `make test`): wrk from Debian, Infinity in its own virtualenv
+# (its pins differ from ours), both outside the clone.
+bench-deps: install
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	test -x $(INFINITY_VENV)/bin/infinity_emb || ($(PYTHON) -m venv $(INFINITY_VENV) && \
+		$(INFINITY_VENV)/bin/pip install --quiet 'infinity-emb[server,torch]')
+
+bench-embedding: bench-deps
+	$(PY) benchmarks/embedding_throughput.py
+
+bench-operator: binaries
+	$(PY) benchmarks/operator_reconcile.py
 
 clean: down
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

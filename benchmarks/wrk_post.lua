@@ -1,7 +1,7 @@
 -- POST a rotating list of JSON bodies (one per line of BODIES_FILE) and report, as one JSON
 -- line, requests/s, latency percentiles and the count of each status class.
 local bodies = {}
-local counts = {}
+counts = {}  -- global: done() reads each thread's copy with thread:get
 local threads = {}
 
 function setup(thread)

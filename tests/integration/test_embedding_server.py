@@ -275,3 +275,31 @@ def test_client_disconnect_frees_its_batch_slots(tmp_path: Path) -> None:
         assert proc.metric("llmops_queue_depth") == 0
     finally:
         proc.stop()
+
+
+def test_int8_quantisation_on_cpu_stays_close(tmp_path: Path, sentences: list[str], reference: np.ndarray) -> None:
+    cfg = config()
+    cfg["model"]["quantization"] = "int8"
+    proc = ServerProcess(MODULE, cfg, tmp_path).start()
+    try:
+        assert proc.get_json("/info")["quantization"] == "int8"
+        got = httpx.post(f"{proc.url}/embed", json={"inputs": sentences[:32]}, timeout=60).json()
+        cos = cosine_rows(np.array(got), reference[:32])
+        print(f"int8 vs float32 sentence-transformers: cosine min {cos.min():.4f}, mean {cos.mean():.4f}")
+        # Dynamic int8 trades accuracy for speed on small models; the docs quote these figures.
+        assert cos.mean() >= 0.9
+        assert cos.min() >= 0.85
+    finally:
+        proc.stop()
+
+
+def test_logs_are_json_with_request_ids_and_no_text(server: ServerProcess, sentences: list[str]) -> None:
+    marker = "a distinctive sentence that must never reach a log line"
+    resp = httpx.post(f"{server.url}/v1/embeddings", json={"input": marker}, headers={"X-Request-ID": "req-123"})
+    assert resp.status_code == 200
+    assert resp.headers["x-request-id"] == "req-123"
+    time.sleep(0.2)
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    assert any(rec.get("request_id") == "req-123" and rec.get("status") == 200 for rec in lines)
+    assert marker not in server.log()
+    assert sentences[0] not in server.log()

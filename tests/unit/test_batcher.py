@@ -118,3 +118,17 @@ def test_cancelled_requests_are_dropped_before_compute() -> None:
     assert run(BatchingConfig(max_batch_size=8, max_wait_millis=0), rec, body) == 9
     computed = [ids[0] for batch in rec.batches for ids in batch]
     assert computed == [0, 9]
+
+
+def test_an_odd_length_input_is_not_overtaken_by_newer_ones() -> None:
+    rec = Recorder(delay=0.02)
+    lengths = [5, 5, 5, 100] + [5] * 12  # the 4th input is the odd one out
+
+    async def body(b: Batcher) -> None:
+        await asyncio.gather(*(b.embed([seq(i, n)]) for i, n in enumerate(lengths)))
+
+    run(BatchingConfig(max_batch_size=2, max_batch_tokens=100000, max_wait_millis=20), rec, body)
+    served_in = next(n for n, batch in enumerate(rec.batches) if any(ids[0] == 3 for ids in batch))
+    # It belongs to the first window of two batches; newer inputs come after that window.
+    assert served_in <= 1
+    assert all(len(batch) <= 2 for batch in rec.batches)

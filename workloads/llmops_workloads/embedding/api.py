@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -202,9 +203,7 @@ def _tei_or_openai(route: str, message: str, tei_type: str, kind: str = "invalid
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], rid: str) -> None:
-    import json
-
-    payload = json.dumps(body).encode()
+    payload = orjson.dumps(body)
     await send(
         {
             "type": "http.response.start",
@@ -313,7 +312,7 @@ def create_app(state: ServerState) -> FastAPI:
         return vectors.astype(np.float32)
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse)
-    async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
+    async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> Response:
         check_auth(request)
         if isinstance(body.input, str):
             texts = [body.input]
@@ -331,16 +330,20 @@ def create_app(state: ServerState) -> FastAPI:
         vectors, tokens = await encode(request, texts, body.truncate)
         assert state.model is not None
         vectors = shape(vectors, body.dimensions, state.model.normalize)
-        data = [
-            EmbeddingItem(
-                index=i,
-                embedding=base64.b64encode(v.astype("<f4").tobytes()).decode()
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        items: list[dict[str, Any]] = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()
                 if body.encoding_format == "base64"
-                else v.tolist(),
-            )
+                else v,
+            }
             for i, v in enumerate(vectors)
         ]
-        return EmbeddingsResponse(data=data, model=model_name, usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+        # orjson writes numpy rows directly: ~50x faster than building lists of Python floats.
+        payload = {"object": "list", "data": items, "model": model_name, "usage": usage}
+        return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     @app.post("/", response_model=list[list[float]], include_in_schema=False)  # TEI routes / to its task
     @app.post("/embed", response_model=list[list[float]])
@@ -353,7 +356,7 @@ def create_app(state: ServerState) -> FastAPI:
             raise ApiError(422, "inputs must not be empty", param="inputs")
         vectors, _ = await encode(request, texts, body.truncate, left=body.truncation_direction.lower() == "left")
         vectors = shape(vectors, body.dimensions, body.normalize)
-        return Response(_dump_matrix(vectors), media_type="application/json")
+        return Response(orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -385,12 +388,6 @@ def create_app(state: ServerState) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-def _dump_matrix(vectors: np.ndarray) -> bytes:
-    """JSON for a float matrix, without building Python lists of floats first."""
-    rows = (",".join(np.char.mod("%.8g", row)) for row in vectors)
-    return ("[" + ",".join(f"[{r}]" for r in rows) + "]").encode()
 
 
 async def _watch_disconnect(request: Request) -> None:

@@ -1,8 +1,9 @@
 """Dynamic batching: requests' inputs wait in one bounded queue; a batch closes at maxBatchSize
 inputs, at maxBatchTokens padded tokens, or when its oldest input has waited maxWaitMillis.
 
-- Inputs of similar length go together (padding is wasted compute): the oldest input anchors
-  the batch, which then takes the inputs closest to it in length.
+- Inputs of similar length go together (padding is wasted compute): the oldest inputs, about
+  two batches' worth, are sorted by length and cut into batches; no input waits behind an
+  endless stream of better-fitting newcomers.
 - The forward pass runs on one inference thread, off the event loop: health checks and new
   requests are served while the model works, and the next batch forms in the meantime.
 - A request larger than a batch is split into inputs and reassembled in order.
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,7 +54,8 @@ class Batcher:
     def __init__(self, embed: Callable[[list[list[int]]], np.ndarray], cfg: BatchingConfig) -> None:
         self._embed = embed
         self.cfg = cfg
-        self._queue: list[_Input] = []
+        self._queue: list[_Input] = []  # arrival order
+        self._planned: deque[list[_Input]] = deque()  # batches cut from the current window
         self._in_flight = 0  # inputs queued or in the current forward pass
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -92,13 +95,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         max_wait = self.cfg.max_wait_millis / 1000
         while True:
-            if not self._queue:
+            if not self._queue and not self._planned:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            oldest = min(i.enqueued for i in self._queue)
+            oldest = self._queue[0].enqueued if self._queue else 0.0
             # Wait for the batch to fill, but never keep the oldest input past its deadline.
-            while len(self._queue) < self.cfg.max_batch_size:
+            while not self._planned and len(self._queue) < self.cfg.max_batch_size:
                 remaining = oldest + max_wait - time.monotonic()
                 if remaining <= 0:
                     break
@@ -126,37 +129,46 @@ class Batcher:
             self._deliver(batch, vectors)
 
     def _take_batch(self) -> list[_Input]:
-        """Remove and return the next batch: the oldest live input plus its nearest in length."""
-        live = []
-        for item in self._queue:
-            if item.request.future.done():  # cancelled: the client went away
-                metrics.DROPPED.inc()
-                self._in_flight -= 1
-            else:
-                live.append(item)
-        self._queue = live
-        metrics.QUEUE_DEPTH.set(self._in_flight)
-        if not live:
+        """The next batch. Batches are planned a window at a time: the oldest inputs, about two
+        batches' worth, sorted by length and cut by size and token budget. Grouping by length
+        inside a window wastes little padding, and no input waits more than a window behind
+        inputs that arrived after it."""
+        self._drop_cancelled()
+        while self._planned:
+            batch = [i for i in self._planned.popleft() if not i.request.future.done()]
+            if batch:
+                return batch
+        if not self._queue:
             return []
-        by_length = sorted(live, key=lambda i: len(i.ids))
-        anchor = min(live, key=lambda i: i.enqueued)
-        lo = hi = by_length.index(anchor)
-        hi += 1
-        longest = len(anchor.ids)
         size, budget = self.cfg.max_batch_size, self.cfg.max_batch_tokens
-        while hi - lo < size:
-            # A shorter input never raises the padded width; take those first.
-            if lo > 0 and longest * (hi - lo + 1) <= budget:
-                lo -= 1
-            elif hi < len(by_length) and max(longest, len(by_length[hi].ids)) * (hi - lo + 1) <= budget:
-                longest = max(longest, len(by_length[hi].ids))
-                hi += 1
-            else:
+        window: list[_Input] = []
+        longest = 0
+        for item in self._queue:  # arrival order
+            longest = max(longest, len(item.ids))
+            if window and (len(window) >= 2 * size or (len(window) + 1) * longest > 2 * budget):
                 break
-        batch = by_length[lo:hi]
-        chosen = set(map(id, batch))
-        self._queue = [i for i in live if id(i) not in chosen]
-        return batch
+            window.append(item)
+        self._queue = self._queue[len(window) :]
+        current: list[_Input] = []
+        for item in sorted(window, key=lambda i: len(i.ids)):
+            # Sorted ascending: the newcomer is the longest, so it sets the padded width.
+            if current and (len(current) >= size or (len(current) + 1) * len(item.ids) > budget):
+                self._planned.append(current)
+                current = []
+            current.append(item)
+        self._planned.append(current)
+        return self._planned.popleft()
+
+    def _drop_cancelled(self) -> None:
+        """Forget inputs whose request is already done (cancelled: the client went away)."""
+        before = len(self._queue) + sum(len(b) for b in self._planned)
+        self._queue = [i for i in self._queue if not i.request.future.done()]
+        self._planned = deque(kept for b in self._planned if (kept := [i for i in b if not i.request.future.done()]))
+        dropped = before - len(self._queue) - sum(len(b) for b in self._planned)
+        if dropped:
+            metrics.DROPPED.inc(dropped)
+            self._in_flight -= dropped
+            metrics.QUEUE_DEPTH.set(self._in_flight)
 
     def _deliver(self, batch: list[_Input], vectors: np.ndarray) -> None:
         for item, vector in zip(batch, vectors, strict=True):

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from .config import ModelConfig
 
@@ -98,6 +99,7 @@ class EmbeddingModel:
     """Thread-confined: ``embed`` runs on the batcher's one inference thread."""
 
     def __init__(self, cfg: ModelConfig) -> None:
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # progress bars are not log lines
         model_dir = resolve_model_dir(cfg)
         st_pooling, st_normalize, st_max_len = sentence_transformers_defaults(model_dir)
         self.device = pick_device(cfg)
