@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "scifact"
+DATA = Path(os.environ.get("LLMOPS_SHARED_DIR", REPO.parent / "shared")) / "data" / "scifact"
 INFINITY_VENV = Path.home() / ".cache" / "llmops" / "venvs" / "infinity"
 CLIENTS = 64
 

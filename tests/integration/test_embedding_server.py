@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -18,7 +19,9 @@ import pytest
 from servers import ServerProcess, minilm_path
 
 REPO = Path(__file__).resolve().parents[2]
-QUERIES = REPO.parent / "shared" / "data" / "scifact" / "queries.jsonl"
+# CI and sessions have shared/ beside the clone; LLMOPS_SHARED_DIR points elsewhere.
+SHARED = Path(os.environ.get("LLMOPS_SHARED_DIR", REPO.parent / "shared"))
+QUERIES = SHARED / "data" / "scifact" / "queries.jsonl"
 MODULE = "llmops_workloads.embedding"
 
 
