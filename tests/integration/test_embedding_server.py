@@ -90,8 +90,14 @@ def test_openai_client_matches_sentence_transformers(
     assert np.linalg.norm(short.data[0].embedding) == pytest.approx(1, abs=1e-4)
 
 
-def test_tei_clients(server: ServerProcess, sentences: list[str], reference: np.ndarray) -> None:
+def test_tei_clients(
+    server: ServerProcess, sentences: list[str], reference: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
     from huggingface_hub import InferenceClient
+
+    # Offline mode (set for model loading) would also block this client's calls to our loopback server.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
     got = np.asarray(InferenceClient(model=server.url).feature_extraction(sentences[3])).reshape(1, -1)
     assert cosine_rows(got, reference[3:4])[0] >= 0.9999
