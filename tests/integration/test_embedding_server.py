@@ -312,3 +312,25 @@ def test_logs_are_json_with_request_ids_and_no_text(server: ServerProcess, sente
     assert any(rec.get("request_id") == "req-123" and rec.get("status") == 200 for rec in lines)
     assert marker not in server.log()
     assert sentences[0] not in server.log()
+
+
+def test_a_hub_id_resolves_through_the_hub_cache_offline(
+    tmp_path: Path, sentences: list[str], reference: np.ndarray
+) -> None:
+    """The production path (a Hugging Face id, no local path) against a hub cache laid out the
+    way huggingface_hub writes it, with HF_HUB_OFFLINE=1: no network, same vectors."""
+    import shutil
+
+    repo = tmp_path / "hf" / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(minilm_path(), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    cfg = {"model": {"name": MODEL_ID, "revision": "main"}}
+    proc = ServerProcess(MODULE, cfg, tmp_path / "run", env={"HF_HOME": str(tmp_path / "hf")}).start()
+    try:
+        got = httpx.post(f"{proc.url}/embed", json={"inputs": sentences[:8]}, timeout=60).json()
+        assert cosine_rows(np.array(got), reference[:8]).min() >= 0.9999
+        assert proc.get_json("/info")["model_id"] == MODEL_ID
+    finally:
+        proc.stop()
