@@ -153,34 +153,25 @@ def start_ours(tmp: Path, **batching: Any) -> tuple[subprocess.Popen[bytes], str
     }
     path = tmp / f"ours-{port}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmops_workloads.embedding", "--config", str(path)],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/ready", proc)
-    return proc, url
+    return spawn([sys.executable, "-m", "llmops_workloads.embedding", "--config", str(path)], port)
 
 
 def start_naive() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "naive_embedding_server.py"),
-            "--model-dir",
-            model_dir(),
-            "--port",
-            str(port),
-        ],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    script = str(REPO / "benchmarks" / "naive_embedding_server.py")
+    return spawn([sys.executable, script, "--model-dir", model_dir(), "--port", str(port)], port)
+
+
+def spawn(args: list[str], port: int, ready_path: str = "/ready") -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server quietly on a loopback port and wait until it answers ``ready_path``."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/ready", proc)
+    try:
+        wait_ready(url + ready_path, proc, timeout=240)
+    except RuntimeError:
+        proc.kill()
+        raise
     return proc, url
 
 
@@ -189,35 +180,12 @@ def start_infinity() -> tuple[subprocess.Popen[bytes], str] | str:
     if not exe.exists():
         return f"not installed ({exe} missing)"
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(exe),
-            "v2",
-            "--model-id",
-            model_dir(),
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--device",
-            "cpu",
-            "--engine",
-            "torch",
-            "--batch-size",
-            "64",
-            "--no-bettertransformer",
-        ],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    args = [str(exe), "v2", "--model-id", model_dir(), "--port", str(port), "--host", "127.0.0.1"]
+    args += ["--device", "cpu", "--engine", "torch", "--batch-size", "64", "--no-bettertransformer"]
     try:
-        wait_ready(url + "/health", proc, timeout=240)
+        return spawn(args, port, ready_path="/health")
     except RuntimeError as exc:
-        proc.kill()
         return f"did not start offline: {exc}"
-    return proc, url
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

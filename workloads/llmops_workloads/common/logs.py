@@ -1,4 +1,5 @@
-"""Structured JSON logs for the servers, with the request id of the request being served.
+"""Structured JSON logs, with the request id of the request being served (servers), for every
+llmops process (the operator uses it too: this module needs only the standard library).
 
 Request and response bodies are never logged unless ``debug`` is on: they hold users' text."""
 
