@@ -67,10 +67,9 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
-    # kopf would post its log lines as Events (writes) and keep state in annotations; our
-    # reconcilers post their own Events and keep nothing on the user's objects.
+    # kopf would post its log lines as Events (writes); our reconcilers post their own. (Only raw
+    # on.event handlers are registered, so kopf keeps no state on the user's objects either.)
     settings.posting.enabled = False
-    settings.persistence.finalizer = "llmops.dev/unused-finalizer"
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -11,9 +11,6 @@ import pytest
 
 from llmops_operator import conditions
 from llmops_operator.api import crd
-from llmops_operator.api.embedding import EmbeddingServiceSpec
-from llmops_operator.children.common import Owner
-from llmops_operator.children.embedding import workload
 from llmops_operator.conditions import Cond
 from llmops_operator.kube import compare
 from llmops_operator.kube.quantity import parse_quantity
@@ -83,12 +80,6 @@ def _dep(replicas: int, status: dict[str, Any], generation: int = 1) -> dict[str
     return {"metadata": {"generation": generation}, "spec": {"replicas": replicas}, "status": status}
 
 
-W = workload(
-    Owner("llmops.dev/v1alpha1", "EmbeddingService", "e", "u", "ns"),
-    EmbeddingServiceSpec.model_validate({"model": {"name": "m"}}),
-)
-
-
 @pytest.mark.parametrize(
     ("dep", "ready", "progressing", "degraded"),
     [
@@ -150,7 +141,7 @@ W = workload(
 def test_rollout_conditions(
     dep: dict[str, Any] | None, ready: tuple[str, str], progressing: str, degraded: str
 ) -> None:
-    conds, _, _ = rollout_conditions(dep, W)
+    conds, _, _ = rollout_conditions(dep)
     by_type = {c.type: c for c in conds}
     assert (by_type["Ready"].status, by_type["Ready"].reason) == ready
     assert by_type["Progressing"].status == progressing

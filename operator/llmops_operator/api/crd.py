@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,6 @@ class Kind:
     scale: dict[str, str] | None = None
     group: str = "llmops.dev"
     version: str = "v1alpha1"
-    extra_top_level: dict[str, Any] = field(default_factory=dict)
 
 
 def _ready_column() -> dict[str, Any]:

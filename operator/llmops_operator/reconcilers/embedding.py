@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from .. import conditions
 from ..api.embedding import EmbeddingServiceSpec
 from ..children import autoscaler, configmap, deployment, disruption, networkpolicy, service, servicemonitor
-from ..children.common import Workload
 from ..children.embedding import workload
 from ..conditions import Cond
 from ..kube.resources import EMBEDDING_SERVICE, FINE_TUNE_JOB
@@ -51,7 +50,7 @@ async def _resolve_fine_tune(ctx: Context, namespace: str, name: str) -> tuple[s
     return output.netloc, output.path.lstrip("/")
 
 
-def rollout_conditions(dep: dict[str, Any] | None, w: Workload) -> tuple[list[Cond], int, int]:
+def rollout_conditions(dep: dict[str, Any] | None) -> tuple[list[Cond], int, int]:
     """Ready / Progressing / Degraded read from the Deployment, plus (replicas, readyReplicas)."""
     if dep is None:
         return (
@@ -163,7 +162,7 @@ async def reconcile(ctx: Context, key: Key) -> Result:
         desired["ServiceMonitor"] = servicemonitor.build(w, crd_installed=True)
     live = await sync_children(ctx, owner, desired, w.name)
 
-    conds, replicas, ready = rollout_conditions(live.get("Deployment"), w)
+    conds, replicas, ready = rollout_conditions(live.get("Deployment"))
     status = {
         **base_status,
         "replicas": replicas,

@@ -24,6 +24,7 @@ from ..metrics import OBJECTS_BY_CONDITION, RECONCILE_DURATION, RECONCILE_ERRORS
 from ..reconcilers import embedding
 from ..reconcilers.base import Context, PermanentError, Result, TemporaryError
 from .store import Key, key_of
+from .workqueue import WorkQueue
 
 log = logging.getLogger("llmops.controller")
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
@@ -53,8 +54,6 @@ class Controller:
         workers: int = 4,
         resync_seconds: float = 0,
     ) -> None:
-        from .workqueue import WorkQueue
-
         self.client = client
         self.ctx = ctx
         self.namespaces = namespaces  # None: every namespace
@@ -134,7 +133,7 @@ class Controller:
             except (ApiError, OSError) as exc:
                 log.warning("cache sync failed; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(2)
-        tasks = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
+        tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
         if self.resync_seconds > 0:
             tasks.append(asyncio.create_task(self._resync()))
         await asyncio.gather(*tasks)
@@ -152,7 +151,7 @@ class Controller:
                 for obj in self.ctx.owners.items_of(kind):
                     self.queue.add(key_of(obj))
 
-    async def _worker(self, n: int) -> None:
+    async def _worker(self) -> None:
         while True:
             key = await self.queue.get()
             try:

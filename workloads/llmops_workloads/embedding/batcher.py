@@ -39,7 +39,6 @@ class _Request:
     future: asyncio.Future[np.ndarray]
     vectors: list[np.ndarray | None]
     remaining: int
-    enqueued: float
 
 
 @dataclass(eq=False)
@@ -82,7 +81,7 @@ class Batcher:
             raise Overloaded(f"{self._in_flight} inputs in the queue (limit {self.cfg.max_concurrent_requests})")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        request = _Request(loop.create_future(), [None] * len(inputs), len(inputs), now)
+        request = _Request(loop.create_future(), [None] * len(inputs), len(inputs))
         self._queue.extend(_Input(ids, request, i, now) for i, ids in enumerate(inputs))
         self._in_flight += len(inputs)
         metrics.QUEUE_DEPTH.set(self._in_flight)
