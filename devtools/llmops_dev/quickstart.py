@@ -11,7 +11,6 @@ import os
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from .cluster import controlplane
@@ -23,15 +22,6 @@ EXAMPLE = REPO / "examples" / "embedding-service.yaml"
 
 def _say(msg: str) -> None:
     print(f"==> {msg}", flush=True)
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise controlplane.ClusterError(f"timed out waiting for {what}")
 
 
 def start_operator(state: ClusterState) -> None:
@@ -61,7 +51,10 @@ def start_operator(state: ClusterState) -> None:
         except OSError:
             return False
 
-    _wait("the operator's caches to sync", healthy)
+    log = Path(state.root) / "logs" / "llmops-operator.log"
+    controlplane.wait_until(
+        "the operator's caches to sync", healthy, timeout=90, on_fail=lambda: log.read_text(errors="replace")[-3000:]
+    )
     _say(f"operator running (metrics http://127.0.0.1:{metrics}/metrics, logs {state.root}/logs/llmops-operator.log)")
 
 

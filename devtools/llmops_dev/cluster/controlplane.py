@@ -192,7 +192,8 @@ def _kubeconfig(path: Path, server: str, ca: Path, user: str, client: pki.CertPa
     path.chmod(0o600)
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float, on_fail: Callable[[], str]) -> None:
+def wait_until(what: str, check: Callable[[], bool], timeout: float, on_fail: Callable[[], str] = str) -> None:
+    """Poll ``check`` until it is true; a check that raises an I/O error counts as not yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -381,7 +382,7 @@ def _start_all(
             "--log-level=warn",
         ],
     )
-    _wait(
+    wait_until(
         "etcd",
         lambda: launcher.alive("etcd") and _get(f"{etcd_url}/health")[0] == 200,
         timeout,
@@ -416,7 +417,7 @@ def _start_all(
         ],
     )
     admin_ctx = _tls_context(ca.cert, admin)
-    _wait(
+    wait_until(
         "kube-apiserver /readyz",
         lambda: launcher.alive("kube-apiserver") and _get(f"{server}/readyz", admin_ctx)[0] == 200,
         timeout,
@@ -473,7 +474,7 @@ def _start_all(
     )
     for component in ("kube-controller-manager", "kube-scheduler"):
         port = ports[component]
-        _wait(
+        wait_until(
             f"{component} /healthz",
             lambda c=component, p=port: (
                 launcher.alive(c)  # type: ignore[misc]
@@ -536,8 +537,8 @@ def _bootstrap(state: ClusterState, ca: Path, admin: pki.CertPair, nodes: list[d
         return bool(sa.strip() and cm.strip())
 
     logs = state.root_path / "logs"
-    _wait("nodes Ready", nodes_ready, timeout, lambda: (logs / "kwok.log").read_text(errors="replace")[-3000:])
-    _wait(
+    wait_until("nodes Ready", nodes_ready, timeout, lambda: (logs / "kwok.log").read_text(errors="replace")[-3000:])
+    wait_until(
         "default service account",
         default_namespace_usable,
         timeout,
