@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import logging
-import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,11 +21,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..common.logs import request_id
-from . import metrics
+from ..common.http import key_is_valid, presented_key, watch_disconnect
+from ..common.serving import Lifecycle
 from .batcher import Batcher, Overloaded
 from .config import EmbeddingServerConfig
 from .model import EmbeddingModel
@@ -47,14 +43,10 @@ class ApiError(Exception):
 
 
 @dataclass
-class ServerState:
-    cfg: EmbeddingServerConfig
+class ServerState(Lifecycle):
+    cfg: EmbeddingServerConfig = field(kw_only=True)
     model: EmbeddingModel | None = None
     batcher: Batcher | None = None
-    ready: bool = False
-    draining: bool = False
-    load_error: str | None = None
-    api_keys: list[str] = field(default_factory=list)
 
 
 # -- request and response models --------------------------------------------------------
@@ -104,118 +96,14 @@ class EmbeddingsResponse(BaseModel):
     usage: Usage
 
 
-# -- middleware -------------------------------------------------------------------------
-
-
-class Guard:
-    """Pure ASGI middleware: request ids, the body size limit, metrics and access logs."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        rid = headers.get(b"x-request-id", b"").decode()[:128] or uuid.uuid4().hex
-        token = request_id.set(rid)
-        route = scope["path"] if scope["path"] in ROUTES else "other"
-        started = time.monotonic()
-        status = 500
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await _send_json(
-                send, 413, _tei_or_openai(route, f"request body over {self.max_bytes} bytes", "Validation"), rid
-            )
-            status = 413
-            self._observe(route, status, started, scope)
-            request_id.reset(token)
-            return
-        receive_app = receive
-        if scope["method"] in ("POST", "PUT", "PATCH"):
-            # Read the body here, bounded, and replay it: the app never sees an oversized body.
-            body = b""
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    request_id.reset(token)
-                    return
-                body += message.get("body", b"")
-                if len(body) > self.max_bytes:
-                    status = 413
-                    message = _tei_or_openai(route, f"request body over {self.max_bytes} bytes", "Validation")
-                    await _send_json(send, 413, message, rid)
-                    self._observe(route, status, started, scope)
-                    request_id.reset(token)
-                    return
-                if not message.get("more_body", False):
-                    break
-            replayed = False
-
-            async def replay() -> Message:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            receive_app = replay
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive_app, send_with_id)
-        finally:
-            self._observe(route, status, started, scope)
-            request_id.reset(token)
-
-    @staticmethod
-    def _observe(route: str, status: int, started: float, scope: Scope) -> None:
-        elapsed = time.monotonic() - started
-        metrics.REQUESTS.labels(route=route, status=str(status)).inc()
-        metrics.REQUEST_DURATION.labels(route=route).observe(elapsed)
-        if route not in ("/health", "/ready", "/metrics"):
-            log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "ms": round(elapsed * 1000, 2),
-                },
-            )
-
-
 ROUTES = {"/", "/v1/embeddings", "/embed", "/health", "/ready", "/info", "/metrics"}
 
 
-def _tei_or_openai(route: str, message: str, tei_type: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+def error_body(route: str, status: int, message: str) -> dict[str, Any]:
+    """The caller's dialect: OpenAI's under /v1, TEI's elsewhere."""
     if route.startswith("/v1/"):
-        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    return {"error": message, "error_type": tei_type}
-
-
-async def _send_json(send: Send, status: int, body: dict[str, Any], rid: str) -> None:
-    payload = orjson.dumps(body)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"x-request-id", rid.encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+        return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+    return {"error": message, "error_type": _tei_type(status)}
 
 
 # -- the app ----------------------------------------------------------------------------
@@ -252,11 +140,7 @@ def create_app(state: ServerState) -> FastAPI:
         return error_response(request, ApiError(422, message, param=where or None))
 
     def check_auth(request: Request) -> None:
-        if not state.api_keys:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        if not any(hmac.compare_digest(given.encode(), k.encode()) for k in state.api_keys):
+        if state.api_keys and not key_is_valid(presented_key(request), state.api_keys):
             raise ApiError(401, "missing or invalid API key (send Authorization: Bearer <key>)", "authentication_error")
 
     def require_ready() -> tuple[EmbeddingModel, Batcher]:
@@ -287,7 +171,7 @@ def create_app(state: ServerState) -> FastAPI:
                     )
                 ids[i] = (seq[:1] + seq[-(limit - 1) :]) if left else model.truncate(seq)
         tokens = sum(len(s) for s in ids)
-        watcher = asyncio.create_task(_watch_disconnect(request))
+        watcher = asyncio.create_task(watch_disconnect(request))
         work = asyncio.ensure_future(batcher.embed(ids))
         watcher.add_done_callback(lambda _: work.cancel())
         try:
@@ -366,8 +250,7 @@ def create_app(state: ServerState) -> FastAPI:
     async def ready() -> JSONResponse:
         if state.ready:
             return JSONResponse({"status": "ready"})
-        status = "draining" if state.draining else ("failed" if state.load_error else "loading")
-        body: dict[str, Any] = {"status": status}
+        body: dict[str, Any] = {"status": state.phase}
         if state.load_error:
             body["error"] = state.load_error
         return JSONResponse(body, status_code=503)
@@ -388,11 +271,3 @@ def create_app(state: ServerState) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-async def _watch_disconnect(request: Request) -> None:
-    """Return when the client disconnects (the body has been read, so receive() waits for that)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..common.serving import AuthConfig, ServerConfig
+from ..common.serving import Section as _Section
 from ..common.settings import FileSettings
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelConfig(_Section):
@@ -33,27 +31,14 @@ class BatchingConfig(_Section):
     max_concurrent_requests: int = Field(512, ge=1, description="Inputs waiting or running; beyond: 429.")
 
 
-class ServerConfig(_Section):
-    host: str = "0.0.0.0"  # noqa: S104 (in a pod; tests pass 127.0.0.1)
-    port: int = Field(8080, ge=0, le=65535)
-    metrics_port: int = Field(9090, ge=0, le=65535, description="0: /metrics only on the main port.")
+class EmbeddingHttpConfig(ServerConfig):
     max_items_per_request: int = Field(2048, ge=1)
-    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    # After SIGTERM: stay up (not ready) this long for load balancers to notice, then drain.
-    drain_seconds: float = Field(0.0, ge=0)
-    graceful_timeout_seconds: float = Field(30.0, ge=0)
-    retry_after_seconds: int = Field(1, ge=1)
-
-
-class AuthConfig(_Section):
-    api_key_file: str | None = None
-    api_key: str | None = Field(None, description="Prefer api_key_file; this is for local runs.")
 
 
 class EmbeddingServerConfig(FileSettings):
     model: ModelConfig
     batching: BatchingConfig = BatchingConfig()
-    server: ServerConfig = ServerConfig()
+    server: EmbeddingHttpConfig = EmbeddingHttpConfig()
     auth: AuthConfig = AuthConfig()
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"

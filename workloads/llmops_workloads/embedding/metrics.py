@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-LATENCY = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-REQUESTS = Counter("llmops_requests_total", "HTTP requests by route and status", ["route", "status"])
-REQUEST_DURATION = Histogram("llmops_request_duration_seconds", "Request latency", ["route"], buckets=LATENCY)
+from ..common.metrics import LATENCY, REQUEST_DURATION, REQUESTS
+
+__all__ = ["LATENCY", "REQUESTS", "REQUEST_DURATION"]
 QUEUE_WAIT = Histogram("llmops_queue_wait_seconds", "Time an input waited for its batch", buckets=LATENCY)
 INFERENCE = Histogram("llmops_inference_duration_seconds", "Forward pass time per batch", buckets=LATENCY)
 BATCH_SIZE = Histogram(
