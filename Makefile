@@ -13,7 +13,8 @@ export TOKENIZERS_PARALLELISM := false
 
 INFINITY_VENV ?= $(HOME)/.cache/llmops/venvs/infinity
 
-.PHONY: help install binaries lint typecheck unit test quickstart down clean bench-deps bench-embedding bench-operator
+.PHONY: help install system-deps binaries lint typecheck unit test quickstart down clean bench-deps bench-embedding \
+	bench-operator bench-retrieval bench-rag
 
 help:
 	@echo "make quickstart   bring up the local stack (control plane, ...) and show it working"
@@ -29,6 +30,12 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 
 install: $(VENV)/.installed-$(EXTRAS)
 
+# Debian services the tests run for real (redis-server for the RAG cache); installed only if absent,
+# never started as a system service.
+system-deps:
+	command -v redis-server >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server)
+
 binaries: install
 	$(PY) -m llmops_dev.cli cluster build
 
@@ -43,7 +50,7 @@ unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass.
-test: binaries lint typecheck
+test: system-deps binaries lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
@@ -65,6 +72,12 @@ bench-embedding: bench-deps
 
 bench-operator: binaries
 	$(PY) benchmarks/operator_reconcile.py
+
+bench-retrieval: install
+	$(PY) benchmarks/retrieval_quality.py
+
+bench-rag: bench-deps system-deps
+	$(PY) benchmarks/rag_pipeline.py
 
 clean: down
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -6,6 +6,7 @@ llmops-dev cluster env            shell exports: eval "$(llmops-dev cluster env)
 llmops-dev cluster status         JSON: processes, readiness, versions
 llmops-dev cluster down           stop every process of the cluster and remove its files
 llmops-dev quickstart [--down]    the README's main command
+llmops-dev tiny-lm DIR [--seed N] build (or reuse) a tiny causal LM for tests and local runs
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import shlex
 import sys
 import time
+from pathlib import Path
 
 from .cluster import build, controlplane
 
@@ -82,6 +84,16 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return quickstart.run(args.name)
 
 
+def _cmd_tiny_lm(args: argparse.Namespace) -> int:
+    from .tiny_lm import build_tiny_lm
+
+    started = time.monotonic()
+    path = build_tiny_lm(Path(args.dir), seed=args.seed)
+    print(path)
+    print(f"tiny LM ready in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmops-dev", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     quick.add_argument("--name", default="local")
     quick.add_argument("--down", action="store_true", help="tear everything down")
     quick.set_defaults(func=_cmd_quickstart)
+
+    tiny = sub.add_parser("tiny-lm", help="build (or reuse) a tiny causal LM for the generation server")
+    tiny.add_argument("dir", help="output directory (reused when it holds the same build)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_cmd_tiny_lm)
 
     args = parser.parse_args(argv)
     try:

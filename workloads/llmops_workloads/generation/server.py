@@ -1,0 +1,88 @@
+"""Run the generation server: ``python -m llmops_workloads.generation --config config.yaml``.
+
+The lifecycle (load off the event loop, then ready; SIGTERM drains) is ``common.serving``'s; a
+model that cannot load exits 1 with the reason in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+
+from ..common import serving
+from ..common.http import Guard, read_api_keys
+from ..common.serving import GracefulServer, make_server
+from .api import ROUTES, ServerState, create_app, error_body
+from .config import GenerationServerConfig
+from .engine import Engine
+from .model import GenerationModel
+from .validation import Limits
+
+log = logging.getLogger("llmops.generation.server")
+
+
+def warm_up(model: GenerationModel) -> None:
+    """One short prefill and decode step, so the first request does not pay for lazy setup."""
+    with torch.inference_mode():
+        ids = torch.tensor([[model.pad_id + 1] * 8], device=model.device)
+        mask = torch.ones_like(ids)
+        cache = model.new_cache()
+        model.forward(ids, mask, torch.arange(8, device=model.device)[None], cache, True)
+        model.forward(
+            ids[:, :1], torch.ones((1, 9), dtype=torch.long, device=model.device), mask[:, :1] * 8, cache, True
+        )
+
+
+async def load(state: ServerState) -> None:
+    """Load and warm the model, then start the engine; on failure, stop the process."""
+    cfg = state.cfg
+    try:
+        model = await asyncio.to_thread(GenerationModel, cfg.model)
+        await asyncio.to_thread(warm_up, model)
+        limits = Limits.of(cfg.limits, model.info.max_position_embeddings)
+        if limits.max_total_tokens < cfg.limits.max_total_tokens:
+            log.warning(
+                "maxTotalTokens capped by the model's positions",
+                extra={"configured": cfg.limits.max_total_tokens, "max_total_tokens": limits.max_total_tokens},
+            )
+        engine = Engine(model, cfg.batching, limits.max_concurrent_requests)
+        engine.start()
+        state.model, state.engine, state.limits = model, engine, limits
+        state.ready = True
+        log.info("ready", extra={"device": model.info.device, "dtype": model.info.dtype, **limits.__dict__})
+    except Exception as exc:
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        log.exception("the model could not be loaded; exiting")
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def build(cfg: GenerationServerConfig) -> tuple[ServerState, GracefulServer]:
+    state = ServerState(cfg=cfg, api_keys=read_api_keys(cfg.auth.api_key_file, cfg.auth.api_key))
+
+    @asynccontextmanager
+    async def lifespan(_: object) -> AsyncIterator[None]:
+        loader = asyncio.create_task(load(state))
+        yield
+        loader.cancel()
+        if state.engine is not None:
+            await asyncio.to_thread(state.engine.stop)
+
+    app = create_app(state)
+    app.router.lifespan_context = lifespan
+    server = make_server(Guard(app, cfg.server.max_request_bytes, ROUTES, error_body), cfg.server)
+    return state, server
+
+
+async def serve(cfg: GenerationServerConfig) -> int:
+    state, server = build(cfg)
+    return await serving.serve(server, state, cfg.server)
+
+
+def main(argv: list[str] | None = None) -> None:
+    serving.main(GenerationServerConfig, serve, "llmops-generation-server", __doc__, argv)

@@ -1,0 +1,1 @@
+"""The RAG server: ingest documents into Milvus, retrieve, and generate grounded answers."""
