@@ -80,7 +80,8 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) ->
 class RssSampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.samples, self.stop = pid, [], threading.Event()
+        self.pid, self.stop = pid, threading.Event()
+        self.samples: list[float] = []
 
     def run(self) -> None:
         while not self.stop.is_set():

@@ -4,6 +4,9 @@ configured timeout; liveness stays 200; the server recovers by itself when the d
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,14 +30,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def milvus(workdir: Path) -> Iterator[MilvusLite]:
     m = MilvusLite(workdir / "milvus").start()
-    yield m  # type: ignore[misc]
+    yield m
     m.stop()
 
 
 @pytest.fixture(scope="module")
 def redis(workdir: Path) -> Iterator[Redis]:
     r = Redis(workdir / "redis").start()
-    yield r  # type: ignore[misc]
+    yield r
     r.stop()
 
 
@@ -64,7 +67,7 @@ def rag(workdir: Path, embedding: ServerProcess, milvus: MilvusLite, redis: Redi
     # Not ready while the generator is down (it is part of readiness): wait for the rest instead.
     proc.start(ready_path="/health")
     deadline = time.monotonic() + 60
-    while httpx.get(proc.url + "/ready").json().get("status") != "degraded" and time.monotonic() < deadline:
+    while httpx.get(proc.url + "/ready").json().get("status") == "loading" and time.monotonic() < deadline:
         time.sleep(0.2)
     docs = [
         {"id": "kettle", "text": "Descale the kettle with citric acid every month."},
@@ -98,6 +101,48 @@ def test_generator_down_is_503_and_retrieval_still_works(rag: ServerProcess) -> 
     assert rag.status("/health") == 200
     ready = httpx.get(rag.url + "/ready").json()
     assert ready["status"] == "degraded" and ready["dependencies"]["generator"] is False
+
+
+def test_hung_generator_is_503_after_its_timeout(
+    workdir: Path, embedding: ServerProcess, milvus: MilvusLite, redis: Redis
+) -> None:
+    """A generator that accepts connections and never answers (the listen backlog does the accepting)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        cfg = config(embedding.url, milvus, redis, url)
+        cfg["generator"]["timeoutSeconds"] = 2
+        proc = ServerProcess("llmops_workloads.rag", cfg, workdir / "rag-hung").start(ready_path="/health")
+        try:
+            deadline = time.monotonic() + 60
+            while httpx.get(proc.url + "/ready").json().get("status") == "loading" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            r, elapsed = post(proc, "/v1/query", {"query": "tea?"})
+            assert_unavailable(r, "generator")
+            assert "no answer within 2.0s" in r.json()["error"]["message"]
+            assert 1.5 < elapsed < 2 * 3, f"the 503 took {elapsed:.1f}s"
+        finally:
+            proc.stop()
+
+
+def test_hung_milvus_is_503_after_its_timeout_then_recovers(rag: ServerProcess, milvus: MilvusLite) -> None:
+    assert milvus.proc is not None
+    os.kill(milvus.proc.pid, signal.SIGSTOP)
+    try:
+        r, elapsed = post(rag, "/v1/retrieve", {"query": "a question while Milvus hangs", "top_k": 1})
+        assert_unavailable(r, "milvus")
+        assert f"no answer within {MILVUS_TIMEOUT}s" in r.json()["error"]["message"]
+        assert MILVUS_TIMEOUT * 0.9 < elapsed < MILVUS_TIMEOUT * 3, f"the 503 took {elapsed:.1f}s"
+    finally:
+        os.kill(milvus.proc.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while True:
+        r, _ = post(rag, "/v1/retrieve", {"query": "a question after Milvus woke up", "top_k": 1})
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert r.status_code == 200, r.text
 
 
 def test_redis_down_degrades_to_local_cache(rag: ServerProcess, redis: Redis) -> None:

@@ -45,13 +45,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def milvus(workdir: Path) -> Iterator[MilvusLite]:
     with MilvusLite(workdir / "milvus") as m:
-        yield m  # type: ignore[misc]
+        yield m
 
 
 @pytest.fixture(scope="module")
 def redis(workdir: Path) -> Iterator[Redis]:
     with Redis(workdir / "redis") as r:
-        yield r  # type: ignore[misc]
+        yield r
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ log = logging.getLogger("llmops.rag.store")
 T = TypeVar("T")
 MAX_TEXT = 65535
 MAX_DOC_ID = 512
+UPSERT_BATCH = 256
 # Milvus Lite answers this when a collection exists but is released (after a restart).
 NOT_LOADED = ("not loaded", "not load", "released")
 
@@ -214,8 +216,13 @@ class VectorStore:
     # -- writes -----------------------------------------------------------------------------
 
     async def upsert(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            await self.call(lambda c: c.upsert(self.cfg.collection, rows), "upsert")
+        # Bounded messages: a gRPC request under Milvus's size limit whatever the batch holds.
+        for start in range(0, len(rows), UPSERT_BATCH):
+            batch = rows[start : start + UPSERT_BATCH]
+            await self.call(partial(self._upsert, batch), "upsert")
+
+    def _upsert(self, rows: list[dict[str, Any]], client: Any) -> None:
+        client.upsert(self.cfg.collection, rows)
 
     async def delete_chunks(self, doc_id: str, from_index: int = 0) -> int:
         """Delete a document's chunks from ``from_index`` on; the number deleted."""
