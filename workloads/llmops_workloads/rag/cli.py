@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from itertools import islice
 from pathlib import Path
 
 from ..common import logs
 from .config import RagServerConfig
-from .documents import Document, DocumentError, JsonlFields, read_files
+from .documents import Document, DocumentError, JsonlFields, fetch_url, read_files
 from .errors import ClientError, ConfigError, DependencyUnavailable
 from .ingest import IngestSummary
 from .service import RagService
@@ -33,14 +34,28 @@ def _unique(batch: list[Document]) -> list[Document]:
     return list({d.id: d for d in batch}.values())
 
 
-async def ingest(cfg: RagServerConfig, sources: list[Path], fields: JsonlFields, batch_size: int) -> int:
+def _documents(sources: list[Path], urls: list[str], fields: JsonlFields) -> Iterator[Document]:
+    yield from read_files(sources, fields)
+    for url in urls:
+        yield fetch_url(url)
+
+
+async def ingest(
+    cfg: RagServerConfig,
+    sources: list[Path],
+    fields: JsonlFields,
+    batch_size: int,
+    urls: list[str] | None = None,
+    termination_log: str | None = None,
+) -> int:
+    urls = urls or []
     service = RagService(cfg)
     total = IngestSummary()
     started = time.monotonic()
     failed = 0
     try:
         await service.start()
-        for n, batch in enumerate(_batches(read_files(sources, fields), batch_size), 1):
+        for n, batch in enumerate(_batches(_documents(sources, urls, fields), batch_size), 1):
             try:
                 summary = await service.ingestor.ingest(_unique(batch))
             except (DependencyUnavailable, ClientError) as exc:
@@ -55,19 +70,36 @@ async def ingest(cfg: RagServerConfig, sources: list[Path], fields: JsonlFields,
     finally:
         await service.close()
     total.seconds = time.monotonic() - started
-    log.info("ingest summary", extra={**total.as_dict(), "failed": failed, "collection": cfg.milvus.collection})
+    final = {**total.as_dict(), "failed": failed, "collection": cfg.milvus.collection}
+    log.info("ingest summary", extra=final)
+    _termination_message(termination_log, final)
     return 0 if failed == 0 else 1
+
+
+def _termination_message(path: str | None, summary: Mapping[str, object]) -> None:
+    """Kubernetes puts this file's content into the pod's status: the operator reads the outcome
+    there, with no API access from the pod."""
+    if not path:
+        return
+    try:
+        with open(path, "w") as f:
+            f.write(json.dumps(summary)[:4000])  # the kubelet keeps at most 4096 bytes
+    except OSError:
+        log.debug("no termination log at %s", path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmops-rag ingest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="the RAG server's YAML config")
-    parser.add_argument("sources", nargs="+", type=Path, help="files or directories")
+    parser.add_argument("sources", nargs="+", help="files, directories or http(s) URLs")
     parser.add_argument("--batch-size", type=int, default=64, help="documents per batch (default 64)")
     parser.add_argument("--id-field", default="id", help="JSON Lines: the document id field")
     parser.add_argument("--text-fields", default="text", help="JSON Lines: text fields, comma-separated, joined")
     parser.add_argument("--metadata-field", default="metadata", help="JSON Lines: an object copied into metadata")
     parser.add_argument("--keep-fields", default="", help="JSON Lines: fields copied into metadata")
+    parser.add_argument(
+        "--termination-log", default="/dev/termination-log", help="where the summary goes for Kubernetes ('' = off)"
+    )
     args = parser.parse_args(argv)
     cfg = RagServerConfig.load(args.config)
     logs.configure(cfg.log_format, cfg.log_level)
@@ -77,4 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         metadata=args.metadata_field or None,
         keep=tuple(f for f in args.keep_fields.split(",") if f),
     )
-    return asyncio.run(ingest(cfg, args.sources, fields, max(1, args.batch_size)))
+    urls = [s for s in args.sources if s.startswith(("http://", "https://"))]
+    paths = [Path(s) for s in args.sources if s not in urls]
+    return asyncio.run(ingest(cfg, paths, fields, max(1, args.batch_size), urls, args.termination_log))

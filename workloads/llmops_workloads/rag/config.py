@@ -88,6 +88,9 @@ class RetrievalConfig(Section):
     default_top_k: int = Field(5, ge=1)
     max_top_k: int = Field(50, ge=1, le=1000)
     snippet_chars: int = Field(300, ge=0)
+    score_threshold: float | None = Field(
+        None, description="Drop weaker hits: a similarity floor (COSINE, IP) or a distance ceiling (L2)."
+    )
     # Distinct-document results search this many times top_k chunks, then keep each document's best.
     overfetch: int = Field(4, ge=1, le=20)
 

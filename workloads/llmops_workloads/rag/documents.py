@@ -162,3 +162,22 @@ def read_files(sources: Sequence[Path], fields: JsonlFields = JsonlFields()) -> 
         doc_id = path.relative_to(root).as_posix()
         content = path.read_text(encoding="utf-8", errors="replace")
         yield from_text(doc_id, content, kind or "text", {"source": doc_id, "format": kind})
+
+
+def fetch_url(url: str, timeout: float = 30.0, max_bytes: int = 20 * 1024 * 1024) -> Document:
+    """One document from a URL (for pipelines with egress): HTML by content type or extension,
+    else text; the URL is the document id."""
+    import httpx
+
+    with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
+        if response.status_code != 200:
+            raise DocumentError(f"{url}: HTTP {response.status_code}")
+        body = b""
+        for part in response.iter_bytes():
+            body += part
+            if len(body) > max_bytes:
+                raise DocumentError(f"{url}: larger than {max_bytes} bytes")
+        kind = response.headers.get("content-type", "").split(";")[0].strip()
+    text = body.decode(response.encoding or "utf-8", errors="replace")
+    fmt = "html" if kind == "text/html" or url.lower().split("?")[0].endswith((".html", ".htm")) else "text"
+    return from_text(url, text, fmt, {"source": url, "format": fmt})

@@ -99,7 +99,7 @@ class RagService:
             hits = [Hit(**h) for h in json.loads(cached)]
         else:
             limit = top_k * self.cfg.retrieval.overfetch if distinct_documents else top_k
-            hits = await self.store.search(vector, limit, expr)
+            hits = self._above_threshold(await self.store.search(vector, limit, expr))
             if distinct_documents:
                 best: dict[str, Hit] = {}
                 for hit in hits:  # Milvus returns best first
@@ -109,6 +109,14 @@ class RagService:
         timings["search_ms"] = _ms(time.monotonic() - started)
         STAGE.labels(stage="search").observe(time.monotonic() - started)
         return Retrieval(hits, timings, {"embedding": emb_cached, "retrieval": cached is not None})
+
+    def _above_threshold(self, hits: list[Hit]) -> list[Hit]:
+        threshold = self.cfg.retrieval.score_threshold
+        if threshold is None:
+            return hits
+        if self.cfg.milvus.metric == "L2":  # a distance: smaller is closer
+            return [h for h in hits if h.score <= threshold]
+        return [h for h in hits if h.score >= threshold]
 
     async def answer(
         self,

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import schema
 from .config import MilvusConfig
 from .errors import ConfigError, DependencyUnavailable
 from .filters import literal
@@ -30,8 +31,8 @@ from .metrics import DEPENDENCY_ERRORS
 
 log = logging.getLogger("llmops.rag.store")
 T = TypeVar("T")
-MAX_TEXT = 65535
-MAX_DOC_ID = 512
+MAX_TEXT = schema.MAX_TEXT
+MAX_DOC_ID = schema.MAX_DOC_ID
 UPSERT_BATCH = 256
 # Milvus Lite answers this when a collection exists but is released (after a restart).
 NOT_LOADED = ("not loaded", "not load", "released")
@@ -115,39 +116,21 @@ class VectorStore:
         """Create the collection with its index if absent, check it matches if present, load it."""
         name = self.cfg.collection
 
-        def ensure(client: Any) -> None:
-            from pymilvus import DataType, MilvusClient
+        spec = schema.CollectionSpec(
+            name=name,
+            dimension=dimension,
+            index_type=self.cfg.index_type,
+            metric=self.cfg.metric,
+            index_params=dict(self.cfg.index_params),
+            consistency_level=self.cfg.consistency_level,
+        )
 
-            if client.has_collection(name):
-                desc = client.describe_collection(name)
-                vector = next((f for f in desc["fields"] if f["name"] == "vector"), None)
-                have = int(vector["params"]["dim"]) if vector else None
-                if have != dimension:
-                    raise ConfigError(
-                        f"collection {name!r} holds {have}-dimensional vectors but the embedding model "
-                        f"gives {dimension}: use another collection or re-create it"
-                    )
-            else:
-                schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-                schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
-                schema.add_field("doc_id", DataType.VARCHAR, max_length=MAX_DOC_ID)
-                schema.add_field("chunk_index", DataType.INT64)
-                schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
-                schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT)
-                schema.add_field("metadata", DataType.JSON)
-                schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
-                index = client.prepare_index_params()
-                index.add_index(
-                    field_name="vector",
-                    index_type=self.cfg.index_type,
-                    metric_type=self.cfg.metric,
-                    params=dict(self.cfg.index_params),
-                )
-                client.create_collection(
-                    name, schema=schema, index_params=index, consistency_level=self.cfg.consistency_level
-                )
+        def ensure(client: Any) -> None:
+            created, mismatch = schema.ensure(client, spec)
+            if mismatch is not None:
+                raise ConfigError(mismatch.message)
+            if created:
                 log.info("created collection", extra={"collection": name, "dimension": dimension})
-            client.load_collection(name)
 
         await self.call(ensure, "create or load the collection")
         self.dimension = dimension
