@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from . import embedding
+from . import embedding, rag
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_DIRS = (REPO / "crds", REPO / "charts" / "llmops-operator" / "crds")
@@ -69,6 +69,25 @@ KINDS: tuple[Kind, ...] = (
             "statusReplicasPath": ".status.replicas",
             "labelSelectorPath": ".status.selector",
         },
+    ),
+    Kind(
+        kind=rag.KIND,
+        plural=rag.PLURAL,
+        singular="ragpipeline",
+        short_names=("rag",),
+        spec=rag.RAGPipelineSpec,
+        status=rag.RAGPipelineStatus,
+        description=(
+            "A retrieval-augmented generation pipeline: a Milvus collection, declarative ingestion of documents, "
+            "and a RAG server (retrieve, then generate through TGI or an OpenAI-compatible endpoint)."
+        ),
+        printer_columns=(
+            {"name": "Embedding", "type": "string", "jsonPath": ".status.embedding"},
+            {"name": "Collection", "type": "string", "jsonPath": ".status.collection"},
+            {"name": "Documents", "type": "integer", "jsonPath": ".status.documentCount"},
+            _ready_column(),
+            AGE,
+        ),
     ),
 )
 

@@ -6,7 +6,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from .. import conditions
 from ..children.common import Owner
+from ..conditions import Cond
 from ..kube import compare
 from ..kube.client import ApiError, Client, ResourceType
 from ..kube.resources import CHILDREN
@@ -24,20 +28,24 @@ class Result:
 class PermanentError(Exception):
     """Retrying cannot help until the spec (or something a person controls) changes."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, conditions: list[Cond] | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.conditions = conditions or []  # more conditions to report (e.g. CollectionReady)
 
 
 class TemporaryError(Exception):
     """Retry with backoff (a dependency is down or not ready yet)."""
 
-    def __init__(self, reason: str, message: str, delay: float | None = None) -> None:
+    def __init__(
+        self, reason: str, message: str, delay: float | None = None, conditions: list[Cond] | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.delay = delay
+        self.conditions = conditions or []
 
 
 @dataclass
@@ -49,6 +57,14 @@ class Context:
     optional_kinds: set[str] = field(default_factory=set)  # e.g. ServiceMonitor, when its CRD exists
     # Benchmark baseline only: apply every child on every reconcile, as a naive operator does.
     always_apply: bool = False
+
+
+def readable_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"spec.{where}: {err['msg']}")
+    return "; ".join(parts)
 
 
 def owner_of(obj: dict[str, Any]) -> Owner:
@@ -108,3 +124,65 @@ def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, A
         if k not in new:
             patch[k] = None  # merge-patch deletes with null
     return patch
+
+
+async def write_status(
+    ctx: Context, rt: ResourceType, body: dict[str, Any], status: dict[str, Any], wanted: list[Cond]
+) -> None:
+    """Write status when it changed, and post an Event when Ready or Degraded flips."""
+    old = body.get("status") or {}
+    new = dict(status)
+    new["conditions"] = conditions.merge(old.get("conditions", []), wanted, status.get("observedGeneration"))
+    patch = status_patch(old, new)
+    if patch is None:
+        return
+    meta = body["metadata"]
+    updated = await ctx.client.patch_status(rt, meta["namespace"], meta["name"], patch)
+    ctx.owners.put(updated)
+    await _transition_events(ctx, body, old.get("conditions", []), new["conditions"])
+
+
+async def _transition_events(
+    ctx: Context, body: dict[str, Any], old: list[dict[str, Any]], new: list[dict[str, Any]]
+) -> None:
+    for type_ in ("Ready", "Degraded"):
+        before, after = conditions.get(old, type_), conditions.get(new, type_)
+        if after is None or (before and before.get("status") == after.get("status")):
+            continue
+        if before is None and after["status"] == "False" and type_ == "Degraded":
+            continue  # "not degraded" on creation is not news
+        warning = (type_ == "Degraded" and after["status"] == "True") or (
+            type_ == "Ready" and after["status"] == "False" and before is not None
+        )
+        await ctx.events.emit(
+            body,
+            "Warning" if warning else "Normal",
+            after["reason"] if after["status"] == "True" or type_ == "Ready" else f"Not{type_}",
+            after.get("message") or after["reason"],
+        )
+
+
+async def report_error(ctx: Context, rt: ResourceType, key: Key, exc: PermanentError | TemporaryError) -> None:
+    """Put a failed reconcile into status: Degraded for permanent errors, Progressing for temporary."""
+    body = ctx.owners.get(key)
+    if body is None:
+        return
+    old = body.get("status") or {}
+    status = {k: v for k, v in old.items() if k != "conditions"}
+    status["observedGeneration"] = body["metadata"].get("generation")
+    kept = [Cond(c["type"], c["status"], c["reason"], c.get("message", "")) for c in old.get("conditions", [])]
+    replaced = {"Degraded", "Ready", "Progressing", *(c.type for c in exc.conditions)}
+    kept = [c for c in kept if c.type not in replaced]
+    if isinstance(exc, PermanentError):
+        wanted = [
+            Cond("Ready", "False", exc.reason, exc.message),
+            Cond("Progressing", "False", exc.reason, "waiting for the spec to be fixed"),
+            Cond("Degraded", "True", exc.reason, exc.message),
+        ]
+    else:
+        wanted = [
+            Cond("Ready", "False", exc.reason, exc.message),
+            Cond("Progressing", "True", exc.reason, f"{exc.message}; retrying"),
+            Cond("Degraded", "False", "AsExpected"),
+        ]
+    await write_status(ctx, rt, body, status, wanted + exc.conditions + kept)

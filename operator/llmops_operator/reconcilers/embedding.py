@@ -16,18 +16,19 @@ from ..children.embedding import workload
 from ..conditions import Cond
 from ..kube.resources import EMBEDDING_SERVICE, FINE_TUNE_JOB
 from ..runtime.store import Key
-from .base import Context, PermanentError, Result, TemporaryError, owner_of, status_patch, sync_children
+from . import base
+from .base import (
+    Context,
+    PermanentError,
+    Result,
+    TemporaryError,
+    owner_of,
+    readable_validation_error,
+    sync_children,
+)
 
 log = logging.getLogger("llmops.reconcile.embedding")
 WAIT_FOR_FINE_TUNE = 30.0
-
-
-def _readable_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"])
-        parts.append(f"spec.{where}: {err['msg']}")
-    return "; ".join(parts)
 
 
 async def _resolve_fine_tune(ctx: Context, namespace: str, name: str) -> tuple[str, str] | Cond:
@@ -128,7 +129,7 @@ async def reconcile(ctx: Context, key: Key) -> Result:
     try:
         spec = EmbeddingServiceSpec.model_validate(body["spec"])
     except ValidationError as exc:
-        raise PermanentError("InvalidSpec", _readable_validation_error(exc)) from exc
+        raise PermanentError("InvalidSpec", readable_validation_error(exc)) from exc
 
     extra: list[Cond] = []
     pvc: tuple[str, str] | None = None
@@ -178,59 +179,8 @@ async def reconcile(ctx: Context, key: Key) -> Result:
 
 
 async def write_status(ctx: Context, body: dict[str, Any], status: dict[str, Any], wanted: list[Cond]) -> None:
-    """Write status when it changed, and post an Event when Ready or Degraded flips."""
-    old = body.get("status") or {}
-    new = dict(status)
-    new["conditions"] = conditions.merge(old.get("conditions", []), wanted, status.get("observedGeneration"))
-    patch = status_patch(old, new)
-    if patch is None:
-        return
-    meta = body["metadata"]
-    updated = await ctx.client.patch_status(EMBEDDING_SERVICE, meta["namespace"], meta["name"], patch)
-    ctx.owners.put(updated)
-    await _transition_events(ctx, body, old.get("conditions", []), new["conditions"])
-
-
-async def _transition_events(
-    ctx: Context, body: dict[str, Any], old: list[dict[str, Any]], new: list[dict[str, Any]]
-) -> None:
-    for type_ in ("Ready", "Degraded"):
-        before, after = conditions.get(old, type_), conditions.get(new, type_)
-        if after is None or (before and before.get("status") == after.get("status")):
-            continue
-        if before is None and after["status"] == "False" and type_ == "Degraded":
-            continue  # "not degraded" on creation is not news
-        warning = (type_ == "Degraded" and after["status"] == "True") or (
-            type_ == "Ready" and after["status"] == "False" and before is not None
-        )
-        await ctx.events.emit(
-            body,
-            "Warning" if warning else "Normal",
-            after["reason"] if after["status"] == "True" or type_ == "Ready" else f"Not{type_}",
-            after.get("message") or after["reason"],
-        )
+    await base.write_status(ctx, EMBEDDING_SERVICE, body, status, wanted)
 
 
 async def report_error(ctx: Context, key: Key, exc: PermanentError | TemporaryError) -> None:
-    """Put a failed reconcile into status: Degraded for permanent errors, Progressing for temporary."""
-    body = ctx.owners.get(key)
-    if body is None:
-        return
-    old = body.get("status") or {}
-    status = {k: v for k, v in old.items() if k != "conditions"}
-    status["observedGeneration"] = body["metadata"].get("generation")
-    kept = [Cond(c["type"], c["status"], c["reason"], c.get("message", "")) for c in old.get("conditions", [])]
-    kept = [c for c in kept if c.type not in ("Degraded", "Ready", "Progressing")]
-    if isinstance(exc, PermanentError):
-        wanted = [
-            Cond("Ready", "False", exc.reason, exc.message),
-            Cond("Progressing", "False", exc.reason, "waiting for the spec to be fixed"),
-            Cond("Degraded", "True", exc.reason, exc.message),
-        ]
-    else:
-        wanted = [
-            Cond("Ready", "False", exc.reason, exc.message),
-            Cond("Progressing", "True", exc.reason, f"{exc.message}; retrying"),
-            Cond("Degraded", "False", "AsExpected"),
-        ]
-    await write_status(ctx, body, status, wanted + kept)
+    await base.report_error(ctx, EMBEDDING_SERVICE, key, exc)

@@ -19,9 +19,9 @@ import kopf
 
 from ..children.common import MANAGED_BY
 from ..kube.client import ApiError, Client, ResourceType
-from ..kube.resources import CHILDREN, EMBEDDING_SERVICE, SERVICE_MONITOR
+from ..kube.resources import CHILDREN, EMBEDDING_SERVICE, RAG_PIPELINE, SERVICE_MONITOR
 from ..metrics import OBJECTS_BY_CONDITION, RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES
-from ..reconcilers import embedding
+from ..reconcilers import embedding, rag
 from ..reconcilers.base import Context, PermanentError, Result, TemporaryError
 from .store import Key, key_of
 from .workqueue import WorkQueue
@@ -42,6 +42,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     EMBEDDING_SERVICE.kind: Kind(EMBEDDING_SERVICE, embedding.reconcile, embedding.report_error),
+    RAG_PIPELINE.kind: Kind(RAG_PIPELINE, rag.reconcile, rag.report_error),
 }
 
 
@@ -81,10 +82,21 @@ class Controller:
         if event.get("type") == "DELETED":
             self.ctx.owners.remove(key)
             self.queue.drop(key)
+        else:
+            self.ctx.owners.put(obj)
+            self.queue.add(key)
+        if key.kind == EMBEDDING_SERVICE.kind:
+            self._enqueue_dependents(key)
+        if event.get("type") == "DELETED":
             self._count_conditions()
-            return
-        self.ctx.owners.put(obj)
-        self.queue.add(key)
+
+    def _enqueue_dependents(self, service: Key) -> None:
+        """RAGPipelines that use this EmbeddingService learn of its changes (Ready, endpoint)."""
+        for pipeline in self.ctx.owners.items_of(RAG_PIPELINE.kind):
+            meta = pipeline["metadata"]
+            ref = ((pipeline.get("spec") or {}).get("embedding") or {}).get("serviceRef") or {}
+            if meta["namespace"] == service.namespace and ref.get("name") == service.name:
+                self.queue.add(Key(RAG_PIPELINE.kind, meta["namespace"], meta["name"]))
 
     async def _on_child_event(self, event: dict[str, Any], **_: Any) -> None:
         obj = event.get("object")

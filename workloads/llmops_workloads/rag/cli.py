@@ -79,7 +79,7 @@ async def ingest(
 def _termination_message(path: str | None, summary: Mapping[str, object]) -> None:
     """Kubernetes puts this file's content into the pod's status: the operator reads the outcome
     there, with no API access from the pod."""
-    if not path:
+    if not path or not Path(path).exists():  # the kubelet creates it; elsewhere: nothing to do
         return
     try:
         with open(path, "w") as f:
