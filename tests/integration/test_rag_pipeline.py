@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from llmops_dev.operator_process import OperatorProcess
 from llmops_dev.services import MilvusLite, ServerProcess
@@ -22,6 +23,7 @@ from kube import Kube, condition, wait_for
 
 pytestmark = pytest.mark.cluster
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+REPO = Path(__file__).resolve().parents[2]
 DOCS = {
     "kettle.md": "# Kettle\n\nDescale the kettle with citric acid every month.",
     "bread.txt": "Sourdough bread needs a starter fed with flour and water.",
@@ -130,6 +132,9 @@ def test_missing_embedding_service_waits_then_proceeds(
     kube.apply(emb("later"), namespace)
     obj = wait_condition(kube, namespace, "early", "Ready", "True", timeout=90)
     assert obj["status"]["embedding"] == "emb/later"
+    # The pipeline follows its EmbeddingService: gone again, the pipeline says so.
+    kube.run("delete", "emb", "later", "-n", namespace)
+    wait_condition(kube, namespace, "early", "EmbeddingReady", "False", "EmbeddingServiceNotFound")
 
 
 def test_dimension_mismatch_is_reported_and_the_data_kept(
@@ -291,3 +296,17 @@ def test_the_ingestion_jobs_pod_spec_ingests_for_real(
     # The operator reports what is in the collection now.
     wait_for("documentCount 3", lambda: kube.get("rag", "real", namespace)["status"].get("documentCount") == 3,
              timeout=60)  # fmt: skip
+
+
+def test_the_example_reaches_ready(kube: Kube, operator: OperatorProcess, namespace: str, milvus: MilvusLite) -> None:
+    """examples/rag-pipeline.yaml as shipped, except the Milvus address (this test's Milvus Lite)."""
+    docs = list(yaml.safe_load_all((REPO / "examples" / "rag-pipeline.yaml").read_text()))
+    pipeline = next(d for d in docs if d["kind"] == "RAGPipeline")
+    pipeline["spec"]["vectorStore"]["milvus"]["uri"] = milvus.uri
+    started = time.monotonic()
+    kube.apply(docs, namespace)
+    obj = wait_condition(kube, namespace, "handbook", "Ready", "True", timeout=90)
+    print(f"examples/rag-pipeline.yaml apply-to-Ready on kwok: {time.monotonic() - started:.2f}s")
+    wait_condition(kube, namespace, "handbook", "IngestionSucceeded", "True", "Succeeded", timeout=90)
+    assert kube.exists("cronjob", "handbook-ingest", namespace)
+    assert obj["status"]["dimension"] == 384
