@@ -25,7 +25,7 @@ from llmops_workloads.rag.schema import CollectionSpec
 from .. import conditions, milvus
 from ..api.rag import RAGPipelineSpec
 from ..children import autoscaler, configmap, deployment, disruption, networkpolicy, service, servicemonitor
-from ..children.common import Owner, Workload
+from ..children.common import Workload
 from ..children.rag import (
     SOURCES_HASH,
     Resolved,
@@ -209,9 +209,11 @@ async def _termination_summary(ctx: Context, job: dict[str, Any]) -> dict[str, A
 
 
 async def _ingestion(
-    ctx: Context, owner: Owner, spec: RAGPipelineSpec, w: Workload, sources_hash: str, old: dict[str, Any]
+    ctx: Context, body: dict[str, Any], spec: RAGPipelineSpec, w: Workload, sources_hash: str
 ) -> tuple[dict[str, Any] | None, Cond, bool]:
     """Run ingestion for the current sources: (lastIngestion, IngestionSucceeded, waiting)."""
+    owner = w.owner
+    old = body.get("status") or {}
     ours = [
         j
         for j in ctx.children.items_of(JOB.kind)
@@ -232,8 +234,7 @@ async def _ingestion(
             job = await ctx.client.apply(JOB, ingestion_job(w, spec, sources_hash))
             ctx.children.put(job)
             ours.append(job)
-            await ctx.events.emit(ctx.owners.get(Key(RAG_PIPELINE.kind, owner.namespace, owner.name)) or {},
-                                  "Normal", "IngestionStarted", f"Job {wanted} ingests the sources")  # fmt: skip
+            await ctx.events.emit(body, "Normal", "IngestionStarted", f"Job {wanted} ingests the sources")
     # Bounded history: the newest finished Jobs are kept.
     finished = [j for j in ours if _job_state(j) != "Running"]
     for job in finished[: max(0, len(finished) - spec.ingestion.history_limit)]:
@@ -376,7 +377,7 @@ async def reconcile(ctx: Context, key: Key) -> Result:
         await sync_children(ctx, owner, {k: None for k in _serving_children(ctx, w)}, gen_name)
 
     sources_hash = await _sources_hash(ctx, spec, owner.namespace, w.config)
-    last, ingestion_cond, ingesting = await _ingestion(ctx, owner, spec, w, sources_hash, old)
+    last, ingestion_cond, ingesting = await _ingestion(ctx, body, spec, w, sources_hash)
     if last is not None:
         status["lastIngestion"] = last
     try:
