@@ -17,19 +17,14 @@ from typing import Any, Protocol, TypeVar
 
 import uvicorn
 from prometheus_client import start_http_server
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.types import ASGIApp
 
 from . import logs
-from .settings import FileSettings
+from .settings import FileSettings, Section
 
 log = logging.getLogger("llmops.server")
-
-
-class Section(BaseModel):
-    """A config section: unknown keys are errors (a typo must not be silently ignored)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+__all__ = ["AuthConfig", "GracefulServer", "Lifecycle", "Section", "ServerConfig", "make_server", "serve"]
 
 
 class ServerConfig(Section):

@@ -10,22 +10,21 @@ batcher pads token ids into batches.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from ..common.pooling import Pooling, pool, sentence_transformers_defaults
 from .config import ModelConfig
 
 log = logging.getLogger("llmops.embedding.model")
-Pooling = Literal["mean", "cls", "lasttoken"]
 
 
 def resolve_model_dir(cfg: ModelConfig) -> Path:
@@ -44,30 +43,6 @@ def resolve_model_dir(cfg: ModelConfig) -> Path:
             allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*", "tokenizer*"],
         )
     )
-
-
-def sentence_transformers_defaults(model_dir: Path) -> tuple[Pooling | None, bool | None, int | None]:
-    """(pooling, normalize, max_seq_length) from the model's sentence-transformers files, if any."""
-    pooling: Pooling | None = None
-    normalize: bool | None = None
-    max_len: int | None = None
-    modules_file = model_dir / "modules.json"
-    if modules_file.exists():
-        modules = json.loads(modules_file.read_text())
-        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
-        for m in modules:
-            if m.get("type", "").endswith("Pooling"):
-                pool_cfg = json.loads((model_dir / m["path"] / "config.json").read_text())
-                if pool_cfg.get("pooling_mode_cls_token"):
-                    pooling = "cls"
-                elif pool_cfg.get("pooling_mode_lasttoken"):
-                    pooling = "lasttoken"
-                elif pool_cfg.get("pooling_mode_mean_tokens"):
-                    pooling = "mean"
-    st_cfg = model_dir / "sentence_bert_config.json"
-    if st_cfg.exists():
-        max_len = json.loads(st_cfg.read_text()).get("max_seq_length")
-    return pooling, normalize, max_len
 
 
 def pick_device(cfg: ModelConfig) -> torch.device:
@@ -165,13 +140,3 @@ class EmbeddingModel:
         pooled = pool(hidden, mask, self.pooling)
         result: np.ndarray = pooled.float().cpu().numpy()
         return result
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    if pooling == "cls":
-        return hidden[:, 0]
-    if pooling == "lasttoken":
-        last = mask.sum(dim=1) - 1  # right padding: the last real token
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
