@@ -68,7 +68,8 @@ async def embed_direct(url: str, texts: list[str]) -> float:
 
         async def one(batch: list[str]) -> None:
             async with gate:
-                r = await client.post("/v1/embeddings", json={"input": batch, "encoding_format": "base64"})
+                body = {"input": batch, "encoding_format": "base64", "truncate": True}  # as ingestion sends
+                r = await client.post("/v1/embeddings", json=body)
                 r.raise_for_status()
 
         started = time.monotonic()
