@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmops_workloads.embedding.model import pool
+from llmops_workloads.common.pooling import pool
 
 # Two sequences of token vectors; the second is padded after two tokens.
 HIDDEN = torch.tensor(

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from . import embedding, rag
+from . import embedding, finetune, rag
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_DIRS = (REPO / "crds", REPO / "charts" / "llmops-operator" / "crds")
@@ -35,6 +35,11 @@ class Kind:
     description: str
     printer_columns: tuple[dict[str, Any], ...]
     scale: dict[str, str] | None = None
+    # Spec fields that may change after creation; every other one is immutable (one CEL
+    # transition rule on spec, generated from the schema). None: no such rule.
+    mutable_fields: tuple[str, ...] | None = None
+    immutable_message: str = ""
+    rules: tuple[dict[str, str], ...] = ()  # CEL rules on the whole object (e.g. on metadata.name)
     group: str = "llmops.dev"
     version: str = "v1alpha1"
 
@@ -89,6 +94,34 @@ KINDS: tuple[Kind, ...] = (
             AGE,
         ),
     ),
+    Kind(
+        kind=finetune.KIND,
+        plural=finetune.PLURAL,
+        singular="finetunejob",
+        short_names=("ftj",),
+        spec=finetune.FineTuneJobSpec,
+        status=finetune.FineTuneJobStatus,
+        description=(
+            "A fine-tuning run (causal LM or embedding model; LoRA, QLoRA or full) as a Job running the llmops "
+            "trainer, writing a model into a PVC that an EmbeddingService can serve through fineTuneJobRef."
+        ),
+        printer_columns=(
+            {"name": "Task", "type": "string", "jsonPath": ".spec.task"},
+            {"name": "Base", "type": "string", "jsonPath": ".spec.baseModel.name"},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Progress", "type": "string", "jsonPath": ".status.progress.display"},
+            {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+            AGE,
+        ),
+        mutable_fields=("suspend",),
+        immutable_message=finetune.IMMUTABLE_MESSAGE,
+        rules=(
+            {
+                "rule": "self.metadata.name.size() <= 63",
+                "message": "a FineTuneJob's name is at most 63 characters: its Job's pods carry it in a label",
+            },
+        ),
+    ),
 )
 
 
@@ -118,6 +151,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         if node.get("default", 0) is None:
             del node["default"]
     node.pop("title", None)
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        # JSON Schema's numeric exclusive bounds are OpenAPI v3.0 booleans next to the bound.
+        if isinstance(node.get(exclusive), int | float) and not isinstance(node.get(exclusive), bool):
+            node[bound] = node.pop(exclusive)
+            node[exclusive] = True
     if "const" in node:
         node["enum"] = [node.pop("const")]
     if node.get("x-kubernetes-preserve-unknown-fields"):
@@ -147,12 +185,45 @@ def schema_of(model: type[BaseModel]) -> dict[str, Any]:
     return result
 
 
+def immutable_rule(schema: dict[str, Any], mutable: tuple[str, ...], message: str) -> dict[str, str]:
+    """One transition rule: every field of ``schema`` but ``mutable`` keeps its value, and one that
+    was unset stays unset (a field-level rule would not see it being added or removed)."""
+    always = set(schema.get("required", [])) | {k for k, v in schema["properties"].items() if "default" in v}
+    parts = []
+    for name in schema["properties"]:
+        if name in mutable:
+            continue
+        if name in always:
+            parts.append(f"self.{name} == oldSelf.{name}")
+        else:
+            same = f"self.{name} == oldSelf.{name}"
+            parts.append(f"has(self.{name}) == has(oldSelf.{name}) && (!has(self.{name}) || {same})")
+    return {"rule": " && ".join(parts), "message": message, "reason": "FieldValueForbidden"}
+
+
 def crd(kind: Kind) -> dict[str, Any]:
     spec_schema = schema_of(kind.spec)
+    if kind.mutable_fields is not None:
+        rule = immutable_rule(spec_schema, kind.mutable_fields, kind.immutable_message)
+        spec_schema["x-kubernetes-validations"] = [*spec_schema.get("x-kubernetes-validations", []), rule]
     status_schema = schema_of(kind.status)
     subresources: dict[str, Any] = {"status": {}}
     if kind.scale:
         subresources["scale"] = dict(kind.scale)
+    root: dict[str, Any] = {
+        "type": "object",
+        "description": kind.description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+    }
+    if kind.rules:
+        root["x-kubernetes-validations"] = [dict(r) for r in kind.rules]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -178,20 +249,7 @@ def crd(kind: Kind) -> dict[str, Any]:
                     "storage": True,
                     "subresources": subresources,
                     "additionalPrinterColumns": [dict(c) for c in kind.printer_columns],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": kind.description,
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": status_schema,
-                            },
-                        }
-                    },
+                    "schema": {"openAPIV3Schema": root},
                 }
             ],
         },

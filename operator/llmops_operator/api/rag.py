@@ -91,6 +91,15 @@ class VectorStoreSpec(ApiModel):
 
 
 class GeneratorModel(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.source) || !has(self.source.fineTuneJobRef)",
+                "generator.deploy.model.source.fineTuneJobRef is not supported yet: use huggingface or pvc",
+            )
+        )
+    )
+
     name: str = Field(min_length=1, max_length=256, description="Hugging Face id of a causal LM.")
     revision: str = Field("main", max_length=128)
     source: ModelSource = Field(

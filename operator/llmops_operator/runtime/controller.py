@@ -19,9 +19,9 @@ import kopf
 
 from ..children.common import MANAGED_BY
 from ..kube.client import ApiError, Client, ResourceType
-from ..kube.resources import CHILDREN, EMBEDDING_SERVICE, RAG_PIPELINE, SERVICE_MONITOR
+from ..kube.resources import CHILDREN, EMBEDDING_SERVICE, FINE_TUNE_JOB, RAG_PIPELINE, SERVICE_MONITOR
 from ..metrics import OBJECTS_BY_CONDITION, RECONCILE_DURATION, RECONCILE_ERRORS, RECONCILES
-from ..reconcilers import embedding, rag
+from ..reconcilers import embedding, finetune, rag
 from ..reconcilers.base import Context, PermanentError, Result, TemporaryError
 from .store import Key, key_of
 from .workqueue import WorkQueue
@@ -43,7 +43,14 @@ class Kind:
 KINDS: dict[str, Kind] = {
     EMBEDDING_SERVICE.kind: Kind(EMBEDDING_SERVICE, embedding.reconcile, embedding.report_error),
     RAG_PIPELINE.kind: Kind(RAG_PIPELINE, rag.reconcile, rag.report_error),
+    FINE_TUNE_JOB.kind: Kind(FINE_TUNE_JOB, finetune.reconcile, finetune.report_error),
 }
+
+
+def _fine_tune_result(obj: dict[str, Any]) -> tuple[Any, Any]:
+    """What an EmbeddingService serving a FineTuneJob depends on (progress updates are not news)."""
+    status = obj.get("status") or {}
+    return status.get("phase"), status.get("output")
 
 
 class Controller:
@@ -62,6 +69,7 @@ class Controller:
         self.workers = workers
         self.resync_seconds = resync_seconds
         self.synced = asyncio.Event()
+        self._fine_tune_seen: dict[Key, tuple[Any, Any]] = {}  # (phase, output) by FineTuneJob
 
     # -- kopf handlers ---------------------------------------------------------------------
 
@@ -87,6 +95,16 @@ class Controller:
             self.queue.add(key)
         if key.kind == EMBEDDING_SERVICE.kind:
             self._enqueue_dependents(key)
+        elif key.kind == FINE_TUNE_JOB.kind:
+            # Compared with what the last event said, not with the cache: the reconciler puts its
+            # own status writes into the cache before their watch events arrive.
+            result = None if event.get("type") == "DELETED" else _fine_tune_result(obj)
+            if self._fine_tune_seen.get(key) != result:
+                self._enqueue_fine_tune_users(key)
+            if result is None:
+                self._fine_tune_seen.pop(key, None)
+            else:
+                self._fine_tune_seen[key] = result
         if event.get("type") == "DELETED":
             self._count_conditions()
 
@@ -97,6 +115,16 @@ class Controller:
             ref = ((pipeline.get("spec") or {}).get("embedding") or {}).get("serviceRef") or {}
             if meta["namespace"] == service.namespace and ref.get("name") == service.name:
                 self.queue.add(Key(RAG_PIPELINE.kind, meta["namespace"], meta["name"]))
+
+    def _enqueue_fine_tune_users(self, job: Key) -> None:
+        """EmbeddingServices that serve this FineTuneJob's output learn at once that it succeeded
+        (or went away), instead of at their next periodic check."""
+        for service in self.ctx.owners.items_of(EMBEDDING_SERVICE.kind):
+            meta = service["metadata"]
+            model = (service.get("spec") or {}).get("model") or {}
+            ref = (model.get("source") or {}).get("fineTuneJobRef") or {}
+            if meta["namespace"] == job.namespace and ref.get("name") == job.name:
+                self.queue.add(Key(EMBEDDING_SERVICE.kind, meta["namespace"], meta["name"]))
 
     async def _on_child_event(self, event: dict[str, Any], **_: Any) -> None:
         obj = event.get("object")

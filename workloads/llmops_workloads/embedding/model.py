@@ -81,7 +81,7 @@ class EmbeddingModel:
         dtype = pick_dtype(cfg, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
         model = AutoModel.from_pretrained(model_dir, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-        model.eval()
+        model.eval().requires_grad_(False)  # inference only; no global grad switch (a library side effect)
         if cfg.quantization == "int8":
             if self.device.type != "cpu":
                 raise ValueError("quantization int8 is CPU-only; use dtype float16 on a GPU")
@@ -107,7 +107,6 @@ class EmbeddingModel:
             dtype=str(dtype).removeprefix("torch."),
             quantization=cfg.quantization,
         )
-        torch.set_grad_enabled(False)
         log.info("model loaded", extra={"model": cfg.name, "dir": str(model_dir), **self.info.__dict__})
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:

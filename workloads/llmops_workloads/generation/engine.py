@@ -131,7 +131,8 @@ class Generation(AsyncIterator[Step]):
         return self
 
     async def __anext__(self) -> Step:
-        if self.done:
+        if self.done or self.cancelled:  # steps already queued behind a cancel are dropped
+            self.done = True
             raise StopAsyncIteration
         item = await self._events.get()
         if item is _END:

@@ -83,10 +83,9 @@ class GenerationModel:
         model: Any = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=dtype, trust_remote_code=cfg.trust_remote_code
         )
-        model.eval()
+        model.eval().requires_grad_(False)  # inference only; no global grad switch (a library side effect)
         self.model: Any = model.to(self.device)
         self.config: Any = model.config
-        torch.set_grad_enabled(False)
 
         eos: set[int] = set()
         for source in (getattr(model, "generation_config", None), self.config):

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
     except PermanentError as e:
         logs.configure("json")
-        return _fail(EXIT_PERMANENT, "failed", str(e), DEFAULT_TERMINATION_PATH, None)
+        return _fail(EXIT_PERMANENT, "failed", str(e), DEFAULT_TERMINATION_PATH, None, type(e).__name__)
     logs.configure(cfg.log_format, cfg.log_level)
     logging.captureWarnings(True)  # library warnings become log lines, not raw stderr
     _quiet_libraries()
@@ -51,21 +51,23 @@ def main(argv: list[str] | None = None) -> int:
 
         outcome = train(cfg, progress, stop)
     except PermanentError as e:
-        return _fail(EXIT_PERMANENT, "failed", str(e), termination, progress)
+        return _fail(EXIT_PERMANENT, "failed", str(e), termination, progress, type(e).__name__)
     except Exception as e:
         log.exception("trainer crashed")
         return _fail(EXIT_CRASH, "crashed", f"{type(e).__name__}: {e}", termination, progress)
     finally:
         if server is not None:
             server.stop()
-    summary = {**outcome.summary, "exitCode": outcome.exit_code}
+    # The last loss, epoch and learning rate too: the operator may never have reached the progress port.
+    last = {"loss": progress.loss, "epoch": progress.epoch, "learningRate": progress.learning_rate}
+    summary = {**last, **outcome.summary, "exitCode": outcome.exit_code}
     write_termination_message(termination, summary, DEFAULT_TERMINATION_PATH)
     scalars = {k: v for k, v in summary.items() if isinstance(v, str | int | float | type(None)) and k != "message"}
     log.info(f"done: {summary['status']}", extra={**scalars, "outcome": summary.get("message")})
     return outcome.exit_code
 
 
-def _fail(code: int, status: str, message: str, termination: str, progress: Any) -> int:
+def _fail(code: int, status: str, message: str, termination: str, progress: Any, error: str | None = None) -> int:
     """One line on stderr and in the log, the progress file, the termination message."""
     from .progress import write_termination_message
 
@@ -78,6 +80,8 @@ def _fail(code: int, status: str, message: str, termination: str, progress: Any)
         "permanent": code == EXIT_PERMANENT,
         "message": first,
     }
+    if error:  # the class (DatasetError, ConfigError, ModelNotFoundError, ...): the operator's condition reason
+        summary["error"] = error
     if progress is not None:
         progress.state, progress.message = "failed", first
         progress.write_file()
