@@ -495,6 +495,22 @@ def test_an_embedding_service_serves_the_fine_tune_once_it_succeeded(
     assert volumes_by_name["model"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
     config = yaml.safe_load(kube.get("configmap", "tuned-config", namespace)["data"]["config.yaml"])
     assert config["model"]["path"] == "/models/minilm/v1/model"
+    assert config["model"]["revision"].startswith("finetune:tune:")  # /info names the run served
+
+    # A new successful run under the same name rolls the service (same path, new run).
+    hash_key = "llmops.dev/config-hash"
+    first_hash = kube.get("deployment", "tuned", namespace)["spec"]["template"]["metadata"]["annotations"][hash_key]
+    kube.run("delete", "ftj", "tune", "-n", namespace, "--wait=true", timeout=60)
+    kube.apply(ftj("tune", output={"pvc": {"claimName": "models", "path": "minilm/v1"}}), namespace)
+    wait_phase(kube, namespace, "tune", "Succeeded", timeout=90)
+    wait_for(
+        "the service rolled to the new run",
+        lambda: (
+            kube.get("deployment", "tuned", namespace)["spec"]["template"]["metadata"]["annotations"][hash_key]
+            != first_hash
+        ),
+        timeout=60,
+    )
 
 
 # -- the generated pod, for real --------------------------------------------------------------

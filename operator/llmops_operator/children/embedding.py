@@ -17,11 +17,13 @@ MODELS_DIR = "/models"
 API_KEY_FILE = f"{SECRETS_DIR}/api-key"
 
 
-def server_config(spec: EmbeddingServiceSpec, model_path: str | None) -> dict[str, Any]:
+def server_config(spec: EmbeddingServiceSpec, model_path: str | None, revision: str | None = None) -> dict[str, Any]:
+    """``revision`` overrides the spec's for weights that do not come from the hub (a fine-tune run):
+    /info reports it, and a new run changes the config, which rolls the pods."""
     m = spec.model
     model: dict[str, Any] = {
         "name": m.name,
-        "revision": m.revision,
+        "revision": revision or m.revision,
         "normalize": m.normalize,
         "dtype": m.dtype,
         "quantization": m.quantization,
@@ -42,7 +44,9 @@ def server_config(spec: EmbeddingServiceSpec, model_path: str | None) -> dict[st
     return config
 
 
-def workload(owner: Owner, spec: EmbeddingServiceSpec, pvc: tuple[str, str] | None = None) -> Workload:
+def workload(
+    owner: Owner, spec: EmbeddingServiceSpec, pvc: tuple[str, str] | None = None, revision: str | None = None
+) -> Workload:
     """``pvc`` is (claim, path inside it) where the weights live, from spec.model.source or a FineTuneJob."""
     env: list[dict[str, Any]] = []
     volumes: list[dict[str, Any]] = []
@@ -80,7 +84,7 @@ def workload(owner: Owner, spec: EmbeddingServiceSpec, pvc: tuple[str, str] | No
         owner_label="llmops.dev/embedding-service",
         image=spec.image or workload_image(gpu),
         command=COMMAND,
-        config=server_config(spec, model_path),
+        config=server_config(spec, model_path, revision),
         placement=spec,
         resources=spec.resources,
         replicas=spec.replicas,

@@ -31,8 +31,10 @@ log = logging.getLogger("llmops.reconcile.embedding")
 WAIT_FOR_FINE_TUNE = 30.0
 
 
-async def _resolve_fine_tune(ctx: Context, namespace: str, name: str) -> tuple[str, str] | Cond:
-    """The (claim, path) a succeeded FineTuneJob wrote, or the condition saying what we wait for."""
+async def _resolve_fine_tune(ctx: Context, namespace: str, name: str) -> tuple[str, str, str] | Cond:
+    """(claim, path, run) of what a succeeded FineTuneJob wrote, or the condition saying what we
+    wait for. ``run`` names the run (job uid and completion time): a new successful run under the
+    same name changes it, and with it the served config, so the Deployment rolls."""
     job = await ctx.client.get(FINE_TUNE_JOB, namespace, name)
     if job is None:
         return Cond("ModelResolved", "False", "FineTuneJobNotFound", f"FineTuneJob {name} does not exist (yet)")
@@ -48,7 +50,8 @@ async def _resolve_fine_tune(ctx: Context, namespace: str, name: str) -> tuple[s
     output = urlparse(str(status.get("output", "")))
     if output.scheme != "pvc" or not output.netloc:
         return Cond("ModelResolved", "False", "FineTuneOutputInvalid", f"FineTuneJob {name} has no pvc:// output")
-    return output.netloc, output.path.lstrip("/")
+    run = f"{job['metadata'].get('uid', '')[:8]}@{status.get('completionTime', '')}"
+    return output.netloc, output.path.lstrip("/"), run
 
 
 def rollout_conditions(dep: dict[str, Any] | None) -> tuple[list[Cond], int, int]:
@@ -133,6 +136,7 @@ async def reconcile(ctx: Context, key: Key) -> Result:
 
     extra: list[Cond] = []
     pvc: tuple[str, str] | None = None
+    revision: str | None = None
     source = spec.model.source
     if source.pvc:
         pvc = (source.pvc.claim_name, source.pvc.path)
@@ -147,10 +151,12 @@ async def reconcile(ctx: Context, key: Key) -> Result:
             ]
             await write_status(ctx, body, base_status, wanted)
             return Result(requeue_after=WAIT_FOR_FINE_TUNE)
-        pvc = resolved
-        extra.append(Cond("ModelResolved", "True", "FineTuneJobSucceeded", f"serving pvc://{pvc[0]}/{pvc[1]}"))
+        claim, path, run = resolved
+        pvc = (claim, path)
+        revision = f"finetune:{source.fine_tune_job_ref.name}:{run}"
+        extra.append(Cond("ModelResolved", "True", "FineTuneJobSucceeded", f"serving pvc://{claim}/{path} ({run})"))
 
-    w = workload(owner, spec, pvc)
+    w = workload(owner, spec, pvc, revision)
     desired = {
         "ConfigMap": configmap.build(w),
         "Deployment": deployment.build(w),
@@ -169,7 +175,7 @@ async def reconcile(ctx: Context, key: Key) -> Result:
         "replicas": replicas,
         "readyReplicas": ready,
         "endpoint": service.endpoint(w),
-        "model": f"{spec.model.name}@{spec.model.revision}",
+        "model": f"{spec.model.name}@{revision or spec.model.revision}",
         "selector": w.selector_string,
     }
     if spec.model.dimension:
