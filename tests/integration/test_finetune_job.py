@@ -155,11 +155,7 @@ def _with(**fields: Any) -> dict[str, Any]:
 
 
 CASES = [
-    (
-        "hub dataset",
-        _with(dataset={"huggingface": {"id": "org/pairs", "split": "train"}}),
-        "dataset.huggingface is not supported yet: the trainer reads JSONL files",
-    ),
+    ("bad hub dataset id", _with(dataset={"huggingface": {"id": "a b"}}), "should match"),
     (
         "two datasets",
         _with(dataset={"configMap": {"name": "a", "key": "k"}, "pvc": {"claimName": "b"}}),

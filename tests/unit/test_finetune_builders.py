@@ -218,7 +218,7 @@ def test_output_uri_is_what_the_embedding_service_resolves() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"dataset": {"huggingface": {"id": "org/pairs"}}}, "dataset.huggingface is not supported yet"),
+        ({"dataset": {"huggingface": {"id": "not a repo id"}}}, "String should match pattern"),
         ({"method": "sgd"}, "Input should be"),
         ({"hyperparameters": {"learningRate": 0}}, "greater than 0"),
         ({"surprise": 1}, "Extra inputs are not permitted"),
@@ -448,3 +448,23 @@ def test_a_fine_tune_jobs_result_requeues_the_embedding_services_that_serve_it()
         return rounds
 
     assert asyncio.run(scenario()) == [{"ft", "serves-it"}, {"ft", "serves-it"}, {"ft"}, {"ft", "serves-it"}]
+
+
+def test_a_hub_dataset_is_fetched_by_the_trainer_not_mounted() -> None:
+    s = spec(
+        dataset={"huggingface": {"id": "acme/pairs", "revision": "v1", "path": "data/train.jsonl",
+                                 "tokenSecretRef": {"name": "hf", "key": "token"}}, "format": "pairs"},
+        baseModel={"name": "sentence-transformers/all-MiniLM-L6-v2", "source": {"pvc": {"claimName": "base"}}},
+    )  # fmt: skip
+    config = TrainerConfig.model_validate(snake_keys(finetune.trainer_config(OWNER, s, "2")))
+    assert config.dataset.hub is not None and (config.dataset.hub.id, config.dataset.hub.revision) == (
+        "acme/pairs",
+        "v1",
+    )
+    assert config.dataset.path == "data/train.jsonl"
+    pod = finetune.pod_template(finetune.workload(OWNER, s), s)["spec"]
+    container = pod["containers"][0]
+    assert "/data" not in {m["mountPath"] for m in container["volumeMounts"]}
+    env = {e["name"]: e for e in container["env"]}
+    assert "HF_HUB_OFFLINE" not in env  # the dataset comes from the hub
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}

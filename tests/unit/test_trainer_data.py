@@ -283,3 +283,29 @@ def test_saving_the_same_step_twice_keeps_the_first(tmp_path: Path) -> None:
     before = weights.stat().st_mtime_ns
     _save(store, 10)
     assert weights.stat().st_mtime_ns == before
+
+
+def test_a_hub_dataset_resolves_through_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real hub path (snapshot_download), offline, from a cache laid out as the hub writes it."""
+    import huggingface_hub.constants
+
+    from llmops_workloads.training.config import DatasetConfig
+    from llmops_workloads.training.data import read_dataset, resolve_dataset
+
+    repo = tmp_path / "datasets--acme--pairs"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    rows = repo / "snapshots" / "0123abcd" / "data"
+    rows.mkdir(parents=True)
+    (rows / "train.jsonl").write_text('{"anchor": "a claim", "positive": "its evidence"}\n')
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    path = resolve_dataset(DatasetConfig.model_validate({"hub": {"id": "acme/pairs"}, "path": "data"}))
+    assert path == rows
+    fmt, records = read_dataset(path)
+    assert fmt == "pairs" and len(records) == 1
+    with pytest.raises(DatasetError, match=r"dataset.hub acme/missing@main: not in the local hub cache"):
+        resolve_dataset(DatasetConfig.model_validate({"hub": {"id": "acme/missing"}}))
+    with pytest.raises(ValueError, match=r"set dataset\.path"):
+        DatasetConfig.model_validate({})

@@ -9,9 +9,9 @@ resume a checkpoint made with other settings), so another run is another FineTun
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from .common import (
     NAME_MAX,
@@ -20,6 +20,7 @@ from .common import (
     CommonStatus,
     PodPlacement,
     ResourcesSpec,
+    SecretKeyRef,
     cel,
     quantity_field,
     validations,
@@ -31,10 +32,6 @@ VERSION = "v1alpha1"
 KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
 IMMUTABLE_MESSAGE = "spec is immutable except suspend: create a new FineTuneJob"
-HUB_DATASET_MESSAGE = (
-    "dataset.huggingface is not supported yet: the trainer reads JSONL files; copy the dataset into a PVC "
-    "(dataset.pvc) or a ConfigMap (dataset.configMap)"
-)
 RELATIVE_PATH = r"^[^/].*$|^$"
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
@@ -90,12 +87,17 @@ class PvcDataset(ApiModel):
 
 
 class HuggingFaceDataset(ApiModel):
-    """Reserved: the trainer does not download hub datasets yet (a CEL rule says so)."""
+    """A dataset repository on the Hugging Face Hub: its JSONL files are the rows (the pod needs
+    egress to the hub, or the dataset in its hub cache)."""
 
-    id: str = Field(min_length=1, max_length=256)
-    revision: str | None = Field(None, max_length=128)
-    split: str | None = Field(None, max_length=128)
-    file: str | None = Field(None, max_length=1024)
+    id: str = Field(min_length=1, max_length=256, pattern=r"^[\w.-]+(/[\w.-]+)?$", description="e.g. org/pairs")
+    revision: str = Field("main", max_length=128)
+    path: str = Field(
+        "", max_length=1024, pattern=RELATIVE_PATH, description="A JSONL file or directory inside the repository."
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        None, description="Hub token for a private or gated dataset (default: the base model's token, if any)."
+    )
 
 
 class DatasetSpec(ApiModel):
@@ -107,13 +109,12 @@ class DatasetSpec(ApiModel):
                 "(has(self.pvc) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.huggingface) ? 1 : 0) == 1",
                 "set exactly one of dataset.pvc, dataset.configMap or dataset.huggingface",
             ),
-            cel("!has(self.huggingface)", HUB_DATASET_MESSAGE),
         )
     )
 
     pvc: PvcDataset | None = None
     config_map: ConfigMapDataset | None = None
-    huggingface: HuggingFaceDataset | None = Field(None, description="Not supported yet.")
+    huggingface: HuggingFaceDataset | None = None
     format: Literal["auto", "text", "prompt-completion", "chat", "pairs"] = Field(
         "auto",
         description="text, prompt-completion and chat train a causal LM; pairs (anchor, positive[, negative]) an "
@@ -122,12 +123,6 @@ class DatasetSpec(ApiModel):
     validation_split: float | None = Field(
         None, ge=0, lt=1, description="Fraction of the rows held out for evaluation (default 0.1)."
     )
-
-    @model_validator(mode="after")
-    def _supported(self) -> Self:
-        if self.huggingface is not None:
-            raise ValueError(HUB_DATASET_MESSAGE)
-        return self
 
 
 class HyperparametersSpec(ApiModel):

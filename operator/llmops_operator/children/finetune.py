@@ -58,12 +58,14 @@ def _cpu_threads(cpu: str) -> int:
     return max(1, math.ceil(parse_quantity(cpu)))
 
 
-def _dataset_path(spec: FineTuneJobSpec) -> str:
+def _dataset(spec: FineTuneJobSpec) -> dict[str, Any]:
     ds = spec.dataset
+    if ds.huggingface is not None:
+        return {"hub": {"id": ds.huggingface.id, "revision": ds.huggingface.revision}, "path": ds.huggingface.path}
     if ds.config_map is not None:
-        return f"{DATA_DIR}/{ds.config_map.key}"
-    assert ds.pvc is not None  # exactly one (CEL rule; huggingface is refused by the model)
-    return f"{DATA_DIR}/{ds.pvc.path}".rstrip("/")
+        return {"path": f"{DATA_DIR}/{ds.config_map.key}"}
+    assert ds.pvc is not None  # exactly one (CEL rule)
+    return {"path": f"{DATA_DIR}/{ds.pvc.path}".rstrip("/")}
 
 
 def trainer_config(owner: Owner, spec: FineTuneJobSpec, cpu: str) -> dict[str, Any]:
@@ -72,7 +74,7 @@ def trainer_config(owner: Owner, spec: FineTuneJobSpec, cpu: str) -> dict[str, A
     base: dict[str, Any] = {"name": spec.base_model.name, "revision": spec.base_model.revision}
     if spec.base_model.source.pvc is not None:
         base["path"] = f"{MODELS_DIR}/{spec.base_model.source.pvc.path}".rstrip("/")
-    dataset: dict[str, Any] = {"path": _dataset_path(spec), "format": spec.dataset.format}
+    dataset: dict[str, Any] = {**_dataset(spec), "format": spec.dataset.format}
     if spec.dataset.validation_split is not None:
         dataset["validationSplit"] = spec.dataset.validation_split
     gpu = spec.resources.gpu > 0
@@ -175,7 +177,8 @@ def _volumes(w: Workload, spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], 
         volumes.append({"name": "data", "configMap": {"name": ds.config_map.name, "items": items}})
     elif ds.pvc is not None:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": ds.pvc.claim_name, "readOnly": True}})
-    mounts.append({"name": "data", "mountPath": DATA_DIR, "readOnly": True})
+    if ds.huggingface is None:  # a hub dataset is downloaded into the cache instead
+        mounts.append({"name": "data", "mountPath": DATA_DIR, "readOnly": True})
     if (src := spec.base_model.source.pvc) is not None:
         volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": src.claim_name, "readOnly": True}})
         mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
@@ -189,9 +192,12 @@ def _env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         {"name": "LLMOPS_LOG_FORMAT", "value": "json"},
     ]
     source = spec.base_model.source
-    if source.pvc is not None:
-        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
-    if source.huggingface is not None and (ref := source.huggingface.token_secret_ref) is not None:
+    hub_data = spec.dataset.huggingface
+    if source.pvc is not None and hub_data is None:
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # nothing to fetch: fail fast, never call out
+    ref = source.huggingface.token_secret_ref if source.huggingface is not None else None
+    ref = ref or (hub_data.token_secret_ref if hub_data is not None else None)
+    if ref is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     return env
 

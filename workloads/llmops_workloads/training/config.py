@@ -33,8 +33,21 @@ class BaseModelConfig(Section):
     trust_remote_code: bool = False
 
 
+class HubDataset(Section):
+    """A dataset repository on the Hugging Face Hub whose JSONL files are the rows (resolved through
+    the hub cache: offline, it must be cached already)."""
+
+    id: str = Field(min_length=1, max_length=256, pattern=r"^[\w.-]+(/[\w.-]+)?$")
+    revision: str = "main"
+
+
 class DatasetConfig(Section):
-    path: str = Field(min_length=1, description="A JSONL file, or a directory whose *.jsonl files are read in order.")
+    path: str = Field(
+        "",
+        description="A JSONL file, or a directory whose *.jsonl files are read in order; with hub, a path inside "
+        "the dataset repository ('' for its root).",
+    )
+    hub: HubDataset | None = None
     format: DataFormat = "auto"
     validation_split: float | None = Field(
         None, ge=0, lt=1, description="Fraction held out for evaluation; unset: 0.1, or 0 with validationPath."
@@ -44,6 +57,12 @@ class DatasetConfig(Section):
     overlong: Literal["auto", "error", "truncate"] = Field(
         "auto", description="Rows over maxSeqLength tokens; auto: error for causal-lm, truncate for embedding."
     )
+
+    @model_validator(mode="after")
+    def _a_source(self) -> Self:
+        if not self.path and self.hub is None:
+            raise ValueError("set dataset.path (or dataset.hub)")
+        return self
 
     @property
     def split(self) -> float:

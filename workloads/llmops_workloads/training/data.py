@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import DatasetConfig
 from .errors import DatasetError
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -58,6 +60,30 @@ class PairRecord:
 
 
 Record = TextRecord | PromptCompletionRecord | ChatRecord | PairRecord
+
+
+def resolve_dataset(ds: DatasetConfig) -> Path:
+    """The local path of the training rows: ``path`` itself, or inside a hub dataset's snapshot
+    (only its JSONL files are fetched; with HF_HUB_OFFLINE, from the cache)."""
+    if ds.hub is None:
+        return Path(ds.path)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    where = f"dataset.hub {ds.hub.id}@{ds.hub.revision}"
+    try:
+        local = snapshot_download(
+            repo_id=ds.hub.id,
+            repo_type="dataset",
+            revision=ds.hub.revision,
+            allow_patterns=["*.jsonl", "**/*.jsonl"],
+            token=os.environ.get("HF_TOKEN") or None,
+        )
+    except LocalEntryNotFoundError:
+        raise DatasetError(f"{where}: not in the local hub cache, and the hub is offline (HF_HUB_OFFLINE)") from None
+    except HfHubHTTPError as exc:  # not found, gated, private without a token
+        raise DatasetError(f"{where}: {str(exc).splitlines()[0]}") from None
+    return Path(local) / ds.path
 
 
 def dataset_files(path: str | Path) -> list[Path]:

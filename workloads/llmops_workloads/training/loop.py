@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from . import output
 from .checkpoint import CheckpointStore
 from .config import CAUSAL_FORMATS, TrainerConfig, camel
-from .data import BatchOrder, Record, data_sha256, dataset_files, read_dataset, split
+from .data import BatchOrder, Record, data_sha256, dataset_files, read_dataset, resolve_dataset, split
 from .errors import EXIT_OK, EXIT_PREEMPTED, ConfigError, DatasetError, PermanentError
 from .progress import Progress
 
@@ -76,8 +76,9 @@ class Data:
 def load_data(cfg: TrainerConfig) -> Data:
     """Read and validate every row (no model needed: bad data fails within a second)."""
     ds = cfg.dataset
-    fmt, rows = read_dataset(ds.path, ds.format, ds.max_rows)
-    files = dataset_files(ds.path)
+    path = resolve_dataset(ds)
+    fmt, rows = read_dataset(path, ds.format, ds.max_rows)
+    files = dataset_files(path)
     if ds.validation_path:
         _, validation = read_dataset(ds.validation_path, fmt)
         files += dataset_files(ds.validation_path)
