@@ -11,9 +11,9 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
@@ -21,6 +21,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import request_id
 from .metrics import REQUEST_DURATION, REQUESTS
+from .ratelimit import LIMITED
+
+if TYPE_CHECKING:
+    from .security import Security
 
 log = logging.getLogger("llmops.http")
 QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
@@ -31,11 +35,19 @@ class Guard:
     """Pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware, so streaming and
     disconnect detection keep working): request ids, the body size limit, metrics, access logs."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, routes: Collection[str], error_body: ErrorBody) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        routes: Collection[str],
+        error_body: ErrorBody,
+        security: Security | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.routes = routes
         self.error_body = error_body
+        self.security = security
 
     def route_of(self, path: str) -> str:
         """A bounded label for metrics: known routes as they are, templated ones by prefix."""
@@ -57,7 +69,31 @@ class Guard:
         started = time.monotonic()
         status = 500
         too_big = f"request body over {self.max_bytes} bytes"
+        sizes = {"request_bytes": 0, "response_bytes": 0}
+        client = (scope.get("client") or ("", 0))[0]
+        key_name: str | None = None
         try:
+            sec = self.security
+            extra_headers: dict[str, str] = {}
+            if sec is not None and not sec.is_open(scope["path"]):
+                if sec.keys:
+                    key_name = sec.keys.identify(_presented(headers))
+                    if key_name is None:
+                        status = 401
+                        reason = "missing or invalid API key (send Authorization: Bearer <key> or X-API-Key)"
+                        body401 = self.error_body(route, 401, reason)
+                        await send_json(send, 401, body401, rid, {"WWW-Authenticate": "Bearer"})
+                        return
+                if sec.limiter is not None:
+                    decision = await sec.limiter.check(key_name or f"addr:{client}")
+                    if decision is not None:
+                        extra_headers = decision.headers()
+                        if not decision.allowed:
+                            LIMITED.labels(client=key_name or "anonymous").inc()
+                            status = 429
+                            reason = f"rate limit of {decision.limit} requests per minute exceeded; retry later"
+                            await send_json(send, 429, self.error_body(route, 429, reason), rid, extra_headers)
+                            return
             length = headers.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_bytes:
                 status = 413
@@ -73,6 +109,7 @@ class Guard:
                         status = 499
                         return
                     body += message.get("body", b"")
+                    sizes["request_bytes"] = len(body)
                     if len(body) > self.max_bytes:
                         status = 413
                         await send_json(send, 413, self.error_body(route, 413, too_big), rid)
@@ -94,12 +131,26 @@ class Guard:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
-                    message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                    added = [(k.lower().encode(), v.encode()) for k, v in extra_headers.items()]
+                    message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode()), *added]
+                elif message["type"] == "http.response.body":
+                    sizes["response_bytes"] += len(message.get("body", b""))
                 await send(message)
 
             await self.app(scope, receive_app, send_with_id)
         finally:
             self._observe(route, status, started, scope)
+            if self.security is not None and self.security.audit is not None and route not in QUIET_ROUTES:
+                self.security.audit.record(
+                    request_id=rid,
+                    key=key_name,
+                    client=client,
+                    method=scope["method"],
+                    route=route,
+                    status=status,
+                    ms=round((time.monotonic() - started) * 1000, 2),
+                    **sizes,
+                )
             request_id.reset(token)
 
     @staticmethod
@@ -153,7 +204,15 @@ def presented_key(request: Request) -> str:
     return header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
 
 
-def key_is_valid(given: str, keys: list[str]) -> bool:
+def _presented(headers: dict[bytes, bytes]) -> str:
+    """The key a client sent: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    auth = headers.get(b"authorization", b"").decode(errors="replace")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return headers.get(b"x-api-key", b"").decode(errors="replace").strip()
+
+
+def key_is_valid(given: str, keys: Iterable[str]) -> bool:
     """Constant-time comparison against every key (no early exit that leaks which one is close)."""
     valid = False
     for k in keys:

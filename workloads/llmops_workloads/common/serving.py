@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -39,8 +39,13 @@ class ServerConfig(Section):
 
 
 class AuthConfig(Section):
-    api_key_file: str | None = None
+    api_key_file: str | None = Field(
+        None, description="One key per line, 'name:key' or a bare key; re-read when it changes (rotation)."
+    )
     api_key: str | None = Field(None, description="Prefer api_key_file; this is for local runs.")
+    exempt_paths: list[str] = Field(
+        default_factory=lambda: ["/health", "/ready", "/metrics"], description="Paths served without a key."
+    )
 
 
 @dataclass
@@ -50,7 +55,7 @@ class Lifecycle:
     ready: bool = False
     draining: bool = False
     load_error: str | None = None
-    api_keys: list[str] = field(default_factory=list)
+    api_keys: Iterable[str] = field(default_factory=list)  # common.auth.ApiKeys: re-read on change
 
     @property
     def phase(self) -> str:

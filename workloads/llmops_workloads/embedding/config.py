@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..common.audit import AuditConfig
+from ..common.ratelimit import RateLimitConfig
 from ..common.serving import AuthConfig, ServerConfig
 from ..common.serving import Section as _Section
 from ..common.settings import FileSettings
@@ -40,6 +42,8 @@ class EmbeddingServerConfig(FileSettings):
     batching: BatchingConfig = BatchingConfig()
     server: EmbeddingHttpConfig = EmbeddingHttpConfig()
     auth: AuthConfig = AuthConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
+    audit: AuditConfig = AuditConfig()
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
     debug: bool = Field(False, description="Log request text (never in production).")

@@ -6,6 +6,8 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
+from ..common.audit import AuditConfig
+from ..common.ratelimit import RateLimitConfig
 from ..common.serving import AuthConfig, ServerConfig
 from ..common.serving import Section as _Section
 from ..common.settings import FileSettings
@@ -54,6 +56,8 @@ class GenerationServerConfig(FileSettings):
     batching: BatchingConfig = BatchingConfig()
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
+    audit: AuditConfig = AuditConfig()
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
     debug: bool = Field(False, description="Log prompts (never in production).")

@@ -16,7 +16,8 @@ from contextlib import asynccontextmanager
 import torch
 
 from ..common import serving
-from ..common.http import Guard, read_api_keys
+from ..common.http import Guard
+from ..common.security import build_security
 from ..common.serving import GracefulServer, make_server
 from .api import ROUTES, ServerState, create_app, error_body
 from .config import GenerationServerConfig
@@ -63,7 +64,11 @@ async def load(state: ServerState) -> None:
 
 
 def build(cfg: GenerationServerConfig) -> tuple[ServerState, GracefulServer]:
-    state = ServerState(cfg=cfg, api_keys=read_api_keys(cfg.auth.api_key_file, cfg.auth.api_key))
+    security = build_security(
+        cfg.auth, cfg.rate_limits, cfg.audit, cfg.model.name,
+        {"server": "generation", "model": cfg.model.name, "revision": cfg.model.revision},
+    )  # fmt: skip
+    state = ServerState(cfg=cfg, api_keys=security.keys)
 
     @asynccontextmanager
     async def lifespan(_: object) -> AsyncIterator[None]:
@@ -75,7 +80,7 @@ def build(cfg: GenerationServerConfig) -> tuple[ServerState, GracefulServer]:
 
     app = create_app(state)
     app.router.lifespan_context = lifespan
-    server = make_server(Guard(app, cfg.server.max_request_bytes, ROUTES, error_body), cfg.server)
+    server = make_server(Guard(app, cfg.server.max_request_bytes, ROUTES, error_body, security), cfg.server)
     return state, server
 
 

@@ -7,6 +7,8 @@ from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
+from ..common.audit import AuditConfig
+from ..common.ratelimit import RateLimitConfig
 from ..common.serving import AuthConfig, Section, ServerConfig
 from ..common.settings import FileSettings
 
@@ -139,6 +141,8 @@ class RagServerConfig(FileSettings):
     limits: LimitsConfig = LimitsConfig()
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
+    audit: AuditConfig = AuditConfig()
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
     debug: bool = Field(False, description="Log queries and prompts (never in production).")

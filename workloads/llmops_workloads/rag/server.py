@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ..common import serving
-from ..common.http import Guard, read_api_keys
+from ..common.http import Guard
+from ..common.security import build_security
 from ..common.serving import GracefulServer, make_server
 from .api import ROUTES, RagState, create_app, error_body
 from .config import RagServerConfig
@@ -47,7 +48,11 @@ async def start(state: RagState) -> None:
 
 
 def build(cfg: RagServerConfig) -> tuple[RagState, GracefulServer]:
-    state = RagState(cfg=cfg, api_keys=read_api_keys(cfg.auth.api_key_file, cfg.auth.api_key))
+    security = build_security(
+        cfg.auth, cfg.rate_limits, cfg.audit, cfg.milvus.collection,
+        {"server": "rag", "collection": cfg.milvus.collection},
+    )  # fmt: skip
+    state = RagState(cfg=cfg, api_keys=security.keys)
 
     @asynccontextmanager
     async def lifespan(_: object) -> AsyncIterator[None]:
@@ -59,7 +64,7 @@ def build(cfg: RagServerConfig) -> tuple[RagState, GracefulServer]:
 
     app = create_app(state)
     app.router.lifespan_context = lifespan
-    return state, make_server(Guard(app, cfg.server.max_request_bytes, ROUTES, error_body), cfg.server)
+    return state, make_server(Guard(app, cfg.server.max_request_bytes, ROUTES, error_body, security), cfg.server)
 
 
 async def serve(cfg: RagServerConfig) -> int:

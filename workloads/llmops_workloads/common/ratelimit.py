@@ -1,0 +1,149 @@
+"""Per-client rate limits: a token bucket per client (the API key's name, or the client address
+when auth is off) for requests per minute. In-process by default; with Redis, one shared budget
+for every replica (an atomic Lua script, the clock from Redis so replicas agree).
+
+Redis down or slow: each replica falls back to its own in-process bucket for that client. The
+limit then holds per replica (so the total can reach replicas x limit) rather than failing open
+(no limit at all) or closed (rejecting everyone because a cache is down): a documented choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter
+from pydantic import Field
+
+from .settings import Section
+
+log = logging.getLogger("llmops.ratelimit")
+LIMITED = Counter("llmops_rate_limited_total", "Requests answered 429 by the per-client rate limit", ["client"])
+REDIS_ERRORS = Counter("llmops_rate_limit_redis_errors_total", "Rate-limit checks that fell back to the local bucket")
+
+# KEYS[1] bucket; ARGV: capacity, refill per second, cost. Returns {allowed, remaining, retry_after_ms}.
+_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or capacity
+local at = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + (now - at) * rate)
+local allowed = 0
+local retry = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+else
+  retry = math.ceil((cost - tokens) / rate * 1000)
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
+return {allowed, math.floor(tokens), retry}
+"""
+
+
+class KeyLimit(Section):
+    requests_per_minute: int = Field(ge=1)
+
+
+class RateLimitConfig(Section):
+    requests_per_minute: int | None = Field(None, ge=1, description="Per client; unset: no limit.")
+    per_key: dict[str, KeyLimit] = Field(default_factory=dict, description="Overrides by API key name.")
+    redis_url: str | None = Field(None, description="Share each client's budget across replicas.")
+    redis_password_file: str | None = None
+    redis_timeout_seconds: float = Field(0.1, gt=0)
+    key_prefix: str = "llmops:ratelimit"
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after: float  # seconds
+
+    def headers(self) -> dict[str, str]:
+        out = {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(max(0, self.remaining))}
+        if not self.allowed:
+            wait = max(1, math.ceil(self.retry_after))
+            out["Retry-After"] = str(wait)
+            out["X-RateLimit-Reset"] = str(wait)
+        return out
+
+
+class _Bucket:
+    def __init__(self, capacity: float) -> None:
+        self.tokens = capacity
+        self.at = time.monotonic()
+
+
+class RateLimiter:
+    def __init__(self, cfg: RateLimitConfig, namespace: str) -> None:
+        self.cfg = cfg
+        self.prefix = f"{cfg.key_prefix}:{namespace}"
+        self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
+        self._redis: Any = None
+        self._script: Any = None
+        if cfg.redis_url:
+            import redis.asyncio as aioredis
+
+            password = None
+            if cfg.redis_password_file:
+                with open(cfg.redis_password_file) as f:
+                    password = f.read().strip()
+            self._redis = aioredis.from_url(
+                cfg.redis_url,
+                password=password,
+                socket_timeout=cfg.redis_timeout_seconds,
+                socket_connect_timeout=cfg.redis_timeout_seconds,
+            )
+            self._script = self._redis.register_script(_LUA)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cfg.requests_per_minute or self.cfg.per_key)
+
+    def limit_for(self, client: str) -> int | None:
+        key = self.cfg.per_key.get(client)
+        return key.requests_per_minute if key else self.cfg.requests_per_minute
+
+    async def check(self, client: str) -> Decision | None:
+        """Take one request from the client's bucket; None when the client has no limit."""
+        limit = self.limit_for(client)
+        if limit is None:
+            return None
+        rate = limit / 60.0
+        if self._script is not None:
+            try:
+                allowed, remaining, retry_ms = await self._script(
+                    keys=[f"{self.prefix}:{client}"], args=[limit, rate, 1]
+                )
+                return Decision(bool(allowed), limit, int(remaining), int(retry_ms) / 1000)
+            except Exception as exc:
+                REDIS_ERRORS.inc()
+                log.debug("rate-limit redis failed: %s", exc)
+        return self._local(client, limit, rate)
+
+    def _local(self, client: str, limit: int, rate: float) -> Decision:
+        with self._lock:
+            bucket = self._buckets.setdefault(client, _Bucket(limit))
+            now = time.monotonic()
+            bucket.tokens = min(limit, bucket.tokens + (now - bucket.at) * rate)
+            bucket.at = now
+            if bucket.tokens >= 1:
+                bucket.tokens -= 1
+                return Decision(True, limit, int(bucket.tokens), 0.0)
+            return Decision(False, limit, 0, (1 - bucket.tokens) / rate)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
