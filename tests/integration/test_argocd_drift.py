@@ -8,7 +8,7 @@ annotation), reconciled, and then
 - the children are owned (ownerReferences) and carry nothing of Argo CD's tracking, so Argo CD
   never takes them for resources of the Application (to prune, or to show OutOfSync);
 - a second identical sync is a no-op: the resourceVersion does not move;
-- the health checks (deploy/argocd) say Healthy for the live objects."""
+- the health checks (charts/argocd) say Healthy for the live objects."""
 
 from __future__ import annotations
 
@@ -274,10 +274,10 @@ def test_argocd_cm_patch_as_documented(kube: Kube) -> None:
     try:
         kube.run("create", "configmap", "argocd-cm", "-n", "argocd", "--from-literal=url=https://argocd.example.com")
         kube.run("-n", "argocd", "patch", "configmap", "argocd-cm", "--type", "merge",
-                 "--patch-file", str(REPO / "deploy/argocd/argocd-cm.yaml"))  # fmt: skip
+                 "--patch-file", str(REPO / "charts/argocd/argocd-cm.yaml"))  # fmt: skip
         data = kube.get("configmap", "argocd-cm", "argocd")["data"]
         assert data.pop("url") == "https://argocd.example.com"
-        scripts = REPO / "deploy/argocd/resource_customizations/llmops.dev"
+        scripts = REPO / "charts/argocd/resource_customizations/llmops.dev"
         assert data == {f"resource.customizations.health.llmops.dev_{p.name}": (p / "health.lua").read_text()
                         for p in scripts.iterdir()}  # fmt: skip
     finally:

@@ -1,4 +1,4 @@
-"""The Argo CD health checks in deploy/argocd: each health.lua runs in Lua 5.1 (what Argo CD's
+"""The Argo CD health checks in charts/argocd: each health.lua runs in Lua 5.1 (what Argo CD's
 gopher-lua speaks) with the standard libraries hidden as Argo CD hides them from argocd-cm scripts,
 against every case of its health_test.yaml and against the statuses the operator's own reconcilers
 write; argocd-cm.yaml embeds the scripts byte for byte; the Application example points at what
@@ -25,7 +25,7 @@ from llmops_operator.runtime.store import Key, Store
 from llmops_workloads.rag.schema import Mismatch
 
 REPO = Path(__file__).resolve().parents[2]
-ARGOCD = REPO / "deploy" / "argocd"
+ARGOCD = REPO / "charts" / "argocd"
 CUSTOMIZATIONS = ARGOCD / "resource_customizations" / "llmops.dev"
 KINDS = ("EmbeddingService", "RAGPipeline", "FineTuneJob")
 HEALTH_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
