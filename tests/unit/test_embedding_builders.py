@@ -234,3 +234,14 @@ def test_service_and_endpoint() -> None:
     assert svc["spec"]["selector"] == w.selector
     assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("http", 8080), ("metrics", 9090)]
     assert service.endpoint(w) == "http://emb.team-a.svc.cluster.local:8080"
+
+
+def test_rate_limits_and_audit_reach_the_embedding_server_config() -> None:
+    from llmops_workloads.common.settings import snake_keys
+    from llmops_workloads.embedding.config import EmbeddingServerConfig
+
+    w = build(rateLimits={"requestsPerMinute": 60, "redis": {"url": "redis://r:6379/0"}}, audit={"enabled": True})
+    cfg = EmbeddingServerConfig.model_validate(snake_keys(yaml.safe_load(configmap.config_file(w))))
+    assert cfg.rate_limits.requests_per_minute == 60 and cfg.rate_limits.redis_url == "redis://r:6379/0"
+    assert cfg.audit.enabled is True
+    assert "rateLimits" not in configmap.config_file(build())  # off unless asked for

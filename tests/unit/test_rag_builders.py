@@ -149,3 +149,24 @@ def test_cronjob_only_with_a_schedule_and_sources() -> None:
 )
 def test_default_collection_names_are_valid_milvus_names(namespace: str, name: str, collection: str) -> None:
     assert default_collection(namespace, name) == collection
+
+
+def test_rate_limits_and_audit_reach_the_server_config() -> None:
+    s = spec(
+        server={
+            "rateLimits": {
+                "requestsPerMinute": 120,
+                "perKey": {"batch": {"requestsPerMinute": 6000}},
+                "redis": {"url": "redis://redis:6379/1", "secretRef": {"name": "redis", "key": "password"}},
+            },
+            "audit": {"enabled": True},
+        }
+    )
+    w = rag_workload(OWNER, s, RESOLVED)
+    cfg = server_config(w)
+    assert cfg.rate_limits.requests_per_minute == 120 and cfg.rate_limits.per_key["batch"].requests_per_minute == 6000
+    assert cfg.rate_limits.redis_url == "redis://redis:6379/1"
+    assert cfg.rate_limits.redis_password_file == "/var/run/secrets/llmops/ratelimit/password"
+    assert cfg.audit.enabled is True
+    pod = deployment.build(w)["spec"]["template"]["spec"]
+    assert "/var/run/secrets/llmops/ratelimit" in {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}

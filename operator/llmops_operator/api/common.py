@@ -133,8 +133,32 @@ class Toleration(ApiModel):
 class AuthSpec(ApiModel):
     api_key_secret_ref: SecretKeyRef | None = Field(
         None,
-        description="Clients must send this key as 'Authorization: Bearer <key>'. The key is mounted as a file.",
+        description="Clients must send a key as 'Authorization: Bearer <key>' (or X-API-Key). The Secret's value "
+        "holds one key per line, 'name:key' (names appear in audit records and rate limits); it is mounted as a "
+        "file and re-read when it changes, so keys rotate without a restart.",
     )
+
+
+class KeyRateLimit(ApiModel):
+    requests_per_minute: int = Field(ge=1, le=10_000_000)
+
+
+class RedisRef(ApiModel):
+    url: str = Field(max_length=2048, pattern=r"^rediss?://[^\s]+$")
+    secret_ref: SecretKeyRef | None = Field(None, description="The Redis password.")
+
+
+class RateLimitsSpec(ApiModel):
+    """Per-client token buckets (the API key's name, or the client address without auth): 429 with
+    Retry-After beyond them. With redis, every replica shares one budget per client."""
+
+    requests_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    per_key: dict[str, KeyRateLimit] = Field(default_factory=dict, description="Overrides by key name.")
+    redis: RedisRef | None = None
+
+
+class AuditSpec(ApiModel):
+    enabled: bool = Field(False, description="One JSON record per request on stdout (never request text).")
 
 
 class ServiceMonitorSpec(ApiModel):

@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field
 from .common import (
     RESOURCES_RULES,
     ApiModel,
+    AuditSpec,
     AuthSpec,
     AutoscalingSpec,
     CommonStatus,
@@ -17,6 +18,7 @@ from .common import (
     MonitoringSpec,
     NetworkPolicySpec,
     PodPlacement,
+    RateLimitsSpec,
     ResourcesSpec,
     SecretKeyRef,
     cel,
@@ -152,6 +154,8 @@ class EmbeddingServiceSpec(PodPlacement):
         json_schema_extra={"default": {}, **RESOURCES_RULES},
     )
     auth: AuthSpec = Field(default_factory=AuthSpec, json_schema_extra={"default": {}})
+    rate_limits: RateLimitsSpec | None = None
+    audit: AuditSpec = Field(default_factory=AuditSpec, json_schema_extra={"default": {}})
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, json_schema_extra={"default": {}})
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec, json_schema_extra={"default": {}})
 

@@ -11,6 +11,7 @@ from .common import (
     NAME_MAX,
     RESOURCES_RULES,
     ApiModel,
+    AuditSpec,
     AuthSpec,
     AutoscalingSpec,
     CommonStatus,
@@ -18,6 +19,7 @@ from .common import (
     MonitoringSpec,
     NetworkPolicySpec,
     PodPlacement,
+    RateLimitsSpec,
     ResourcesSpec,
     SecretKeyRef,
     cel,
@@ -248,6 +250,8 @@ class ServerSpec(PodPlacement):
         default_factory=ResourcesSpec, json_schema_extra={"default": {}, **RESOURCES_RULES}
     )
     auth: AuthSpec = Field(default_factory=AuthSpec, json_schema_extra={"default": {}})
+    rate_limits: RateLimitsSpec | None = None
+    audit: AuditSpec = Field(default_factory=AuditSpec, json_schema_extra={"default": {}})
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, json_schema_extra={"default": {}})
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec, json_schema_extra={"default": {}})
 

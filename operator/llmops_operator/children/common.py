@@ -8,7 +8,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api.common import AutoscalingSpec, MonitoringSpec, NetworkPolicySpec, PodPlacement, ResourcesSpec
+from ..api.common import (
+    AuditSpec,
+    AutoscalingSpec,
+    MonitoringSpec,
+    NetworkPolicySpec,
+    PodPlacement,
+    RateLimitsSpec,
+    ResourcesSpec,
+)
 
 MANAGED_BY = "llmops-operator"
 PART_OF = "llmops"
@@ -166,3 +174,41 @@ def container_resources(w: Workload) -> dict[str, Any]:
         requests[GPU_RESOURCE] = str(w.resources.gpu)
         limits[GPU_RESOURCE] = str(w.resources.gpu)
     return {"requests": requests, "limits": limits}
+
+
+def secret_volume(name: str, secret: str, key: str, file: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A volume with one key of a Secret as one file, its mount, and the file's path."""
+    directory = f"{SECRETS_DIR}/{name}"
+    volume = {
+        "name": f"secret-{name}",
+        "secret": {"secretName": secret, "items": [{"key": key, "path": file}], "defaultMode": 0o440},
+    }
+    mount = {"name": f"secret-{name}", "mountPath": directory, "readOnly": True}
+    return volume, mount, f"{directory}/{file}"
+
+
+def security_config(
+    limits: RateLimitsSpec | None, audit: AuditSpec
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The servers' shared ``rateLimits`` and ``audit`` config sections, with the Secret volume a
+    Redis password needs (docs/api-hardening.md is the servers' side)."""
+    config: dict[str, Any] = {}
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if limits is not None:
+        rl: dict[str, Any] = {
+            "perKey": {k: {"requestsPerMinute": v.requests_per_minute} for k, v in limits.per_key.items()}
+        }
+        if limits.requests_per_minute is not None:
+            rl["requestsPerMinute"] = limits.requests_per_minute
+        if limits.redis is not None:
+            rl["redisUrl"] = limits.redis.url
+            if ref := limits.redis.secret_ref:
+                volume, mount, path = secret_volume("ratelimit", ref.name, ref.key, "password")
+                volumes.append(volume)
+                mounts.append(mount)
+                rl["redisPasswordFile"] = path
+        config["rateLimits"] = rl
+    if audit.enabled:
+        config["audit"] = {"enabled": True}
+    return config, volumes, mounts

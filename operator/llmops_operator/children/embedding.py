@@ -10,7 +10,7 @@ from typing import Any
 
 from ..api.embedding import EmbeddingServiceSpec
 from ..images import workload_image
-from .common import HTTP_PORT, METRICS_PORT, SECRETS_DIR, Owner, Workload
+from .common import HTTP_PORT, METRICS_PORT, SECRETS_DIR, Owner, Workload, security_config
 
 COMMAND = ("python", "-m", "llmops_workloads.embedding")
 MODELS_DIR = "/models"
@@ -41,6 +41,7 @@ def server_config(spec: EmbeddingServiceSpec, model_path: str | None, revision: 
     }
     if spec.auth.api_key_secret_ref:
         config["auth"] = {"apiKeyFile": API_KEY_FILE}
+    config.update(security_config(spec.rate_limits, spec.audit)[0])
     return config
 
 
@@ -75,6 +76,9 @@ def workload(
             }
         )
         mounts.append({"name": "api-key", "mountPath": SECRETS_DIR, "readOnly": True})
+    _, security_volumes, security_mounts = security_config(spec.rate_limits, spec.audit)
+    volumes += security_volumes
+    mounts += security_mounts
     gpu = spec.resources.gpu > 0
     return Workload(
         owner=owner,

@@ -18,11 +18,12 @@ from .common import (
     CONFIG_FILE,
     HTTP_PORT,
     METRICS_PORT,
-    SECRETS_DIR,
     Owner,
     Workload,
     container_resources,
     meta,
+    secret_volume,
+    security_config,
 )
 
 RAG_COMMAND = ("python", "-m", "llmops_workloads.rag")
@@ -46,17 +47,6 @@ class Resolved:
     generator_url: str | None
 
 
-def _secret_volume(name: str, secret: str, key: str, file: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """A volume with one key of a Secret as one file, its mount, and the file's path."""
-    directory = f"{SECRETS_DIR}/{name}"
-    volume = {
-        "name": f"secret-{name}",
-        "secret": {"secretName": secret, "items": [{"key": key, "path": file}], "defaultMode": 0o440},
-    }
-    mount = {"name": f"secret-{name}", "mountPath": directory, "readOnly": True}
-    return volume, mount, f"{directory}/{file}"
-
-
 def server_config(
     spec: RAGPipelineSpec, r: Resolved
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
@@ -65,7 +55,7 @@ def server_config(
     mounts: list[dict[str, Any]] = []
 
     def secret_file(name: str, secret: str, key: str, file: str) -> str:
-        volume, mount, path = _secret_volume(name, secret, key, file)
+        volume, mount, path = secret_volume(name, secret, key, file)
         volumes.append(volume)
         mounts.append(mount)
         return path
@@ -131,7 +121,9 @@ def server_config(
     }
     if ref := spec.server.auth.api_key_secret_ref:
         config["auth"] = {"apiKeyFile": secret_file("auth", ref.name, ref.key, "api-key")}
-    return config, volumes, mounts
+    extra, extra_volumes, extra_mounts = security_config(spec.server.rate_limits, spec.server.audit)
+    config.update(extra)
+    return config, volumes + extra_volumes, mounts + extra_mounts
 
 
 def rag_workload(owner: Owner, spec: RAGPipelineSpec, r: Resolved) -> Workload:
