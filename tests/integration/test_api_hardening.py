@@ -82,7 +82,7 @@ def test_a_client_over_its_limit_gets_429_another_is_unaffected(embedding: Serve
     assert limited.status_code == 429
     assert int(limited.headers["retry-after"]) >= 1
     assert limited.headers["x-ratelimit-limit"] == "3" and limited.headers["x-ratelimit-remaining"] == "0"
-    assert "rate limit of 3 requests per minute" in limited.json()["error"]["message"]
+    assert "rate limit of 3 requests per minute exceeded" in limited.json()["error"]["message"]
     assert answers[0].headers["x-ratelimit-limit"] == "3"
     bob = post(embedding.url, "bob-key-1")
     assert bob.status_code == 200  # his own bucket
@@ -169,3 +169,29 @@ def test_two_replicas_share_one_budget_in_redis(replicas: list[ServerProcess], r
     statuses = [generate(a) for _ in range(6)]
     assert statuses[:4] == [200] * 4 and statuses[-1] == 429
     assert a.metric("llmops_rate_limit_redis_errors_total") >= 6
+
+
+def test_generated_tokens_count_against_a_tokens_per_minute_limit(workdir: Path) -> None:
+    model = build_tiny_lm(workdir / "tiny-lm")
+    cfg = {
+        "model": {"name": "llmops/tiny-llama", "path": str(model), "cpuThreads": 1},
+        "auth": {"apiKey": "team:team-key"},
+        "rateLimits": {"tokensPerMinute": 50},
+        "logLevel": "WARNING",
+    }
+    proc = ServerProcess("llmops_workloads.generation", cfg, workdir / "gen-tpm").start()
+    try:
+
+        def ask(tokens: int, stream: bool = False) -> httpx.Response:
+            body = {"inputs": "hello", "parameters": {"max_new_tokens": tokens}}
+            path = "/generate_stream" if stream else "/generate"
+            return httpx.post(f"{proc.url}{path}", json=body, headers={"X-API-Key": "team-key"}, timeout=30)
+
+        assert ask(30).status_code == 200  # 20 of 50 left
+        assert ask(30, stream=True).status_code == 200  # admitted with 20 left; now 10 below zero
+        refused = ask(1)
+        assert refused.status_code == 429
+        assert "rate limit of 50 tokens per minute exceeded" in refused.json()["error"]
+        assert int(refused.headers["retry-after"]) >= 1
+    finally:
+        proc.stop()

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import request_id
 from .metrics import REQUEST_DURATION, REQUESTS
-from .ratelimit import LIMITED
+from .ratelimit import LIMITED, Usage, usage
 
 if TYPE_CHECKING:
     from .security import Security
@@ -72,6 +72,8 @@ class Guard:
         sizes = {"request_bytes": 0, "response_bytes": 0}
         client = (scope.get("client") or ("", 0))[0]
         key_name: str | None = None
+        spent = Usage()
+        usage_token = usage.set(spent)
         try:
             sec = self.security
             extra_headers: dict[str, str] = {}
@@ -91,7 +93,7 @@ class Guard:
                         if not decision.allowed:
                             LIMITED.labels(client=key_name or "anonymous").inc()
                             status = 429
-                            reason = f"rate limit of {decision.limit} requests per minute exceeded; retry later"
+                            reason = f"rate limit of {decision.limit} {decision.unit} per minute exceeded; retry later"
                             await send_json(send, 429, self.error_body(route, 429, reason), rid, extra_headers)
                             return
             length = headers.get(b"content-length")
@@ -139,6 +141,9 @@ class Guard:
 
             await self.app(scope, receive_app, send_with_id)
         finally:
+            usage.reset(usage_token)
+            if spent.tokens and self.security is not None and self.security.limiter is not None:
+                await self.security.limiter.charge(key_name or f"addr:{client}", spent.tokens)
             self._observe(route, status, started, scope)
             if self.security is not None and self.security.audit is not None and route not in QUIET_ROUTES:
                 self.security.audit.record(

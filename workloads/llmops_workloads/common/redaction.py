@@ -150,10 +150,39 @@ def _card_layout(lens: Sequence[int]) -> bool:
     return len(lens) in (4, 5) and all(n == 4 for n in lens[:-1]) and 1 <= lens[-1] <= 4
 
 
+_ANY = frozenset(range(16, 20))
+# (first prefix, last prefix, lengths): the major networks' issuer ranges. Others (airlines' 1,
+# fuel and private-label 7-9, a 14-digit number starting 35) are not cards here.
+_ISSUERS: tuple[tuple[str, str, frozenset[int]], ...] = (
+    ("4", "4", frozenset({13, 16, 19})),  # Visa
+    ("51", "55", frozenset({16})),  # Mastercard
+    ("2221", "2720", frozenset({16})),  # Mastercard 2-series
+    ("2200", "2204", _ANY),  # Mir
+    ("34", "34", frozenset({15})),  # American Express
+    ("37", "37", frozenset({15})),
+    ("300", "305", frozenset(range(14, 20))),  # Diners Club
+    ("36", "36", frozenset(range(14, 20))),
+    ("38", "39", frozenset(range(14, 20))),
+    ("3528", "3589", _ANY),  # JCB
+    ("6011", "6011", _ANY),  # Discover
+    ("644", "649", _ANY),
+    ("65", "65", _ANY),
+    ("62", "62", _ANY),  # UnionPay
+    ("60", "60", frozenset({16})),  # RuPay
+    ("5018", "5018", frozenset(range(13, 20))),  # Maestro
+    ("5020", "5020", frozenset(range(13, 20))),
+    ("5038", "5038", frozenset(range(13, 20))),
+    ("5893", "5893", frozenset(range(13, 20))),
+    ("6304", "6304", frozenset(range(13, 20))),
+    ("6759", "6759", frozenset(range(13, 20))),
+    ("6761", "6763", frozenset(range(13, 20))),
+)
+
+
 def _card_prefix(digits: str) -> bool:
-    """Issuer identification: Visa 4, Mastercard 51-55 and 22-27, Amex/Diners/JCB 3, Discover,
-    Maestro and UnionPay 5/6, Mir 22. Others (airlines' 1, fuel and private-label 7-9) are not cards here."""
-    return digits[0] in "3456" or "22" <= digits[:2] <= "27"
+    """A known issuer range, with one of that network's lengths."""
+    n = len(digits)
+    return any(lo <= digits[: len(lo)] <= hi and n in lengths for lo, hi, lengths in _ISSUERS)
 
 
 def _cards(text: str) -> Iterator[tuple[int, int]]:
@@ -314,15 +343,16 @@ def _bsns(text: str) -> Iterator[tuple[int, int]]:
 
 
 # -- IP addresses ----------------------------------------------------------------------------
-# IPv4: four decimal octets 0-255 without leading zeros, not part of a longer dotted number, and
-# not right after a version keyword ("version 1.2.3.4"). IPv6: a run of hex digits and colons
+# IPv4: four decimal octets 0-255 without leading zeros, not part of a longer dotted number, not
+# 0.x.y.z other than 0.0.0.0, and not right after a version or section keyword or a comparison
+# ("version 1.2.3.4", "section 4.1.1.2", "pkg==1.2.0.2"). IPv6: a run of hex digits and colons
 # (optionally ending in a dotted quad, optionally with a %zone) that ipaddress accepts, with at
 # least one digit so that words like "Add::Bed" are left alone.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"(?<![\w.])(?:{_OCTET}\.){{3}}{_OCTET}(?!\w)(?!\.\w)")
 _VERSION_BEFORE = re.compile(
     r"(?i)(?:\b(?:version|ver|release|build|firmware|fw|rev|revision|patch|oid|chapter|section|sec|clause|figure"
-    r"|fig|table|step|rule|paragraph|para|art|article)\.?|§)\s*[:=#]?\s*$"
+    r"|fig|table|step|rule|paragraph|para|art|article)\.?|§|[=<>!~]=)\s*[:=#]?\s*$"
 )
 _IPV6 = re.compile(
     r"(?:(?<![\w:])|(?<=[G-Zg-z_]:))(?=[0-9A-Fa-f]{0,4}:)[0-9A-Fa-f:]{2,}+(?:\.[0-9]{1,3}){0,3}+(?:%[0-9A-Za-z_.\-]{1,32}+)?"
@@ -330,8 +360,12 @@ _IPV6 = re.compile(
 
 
 def _ipv6_ok(candidate: str) -> bool:
-    if candidate.count(":") < 2 or not any(c.isdigit() for c in candidate.split("%", 1)[0]):
+    address = candidate.split("%", 1)[0]
+    if address.count(":") < 2 or not any(c.isdigit() for c in address):
         return False
+    groups = [g for g in address.split(":") if g]
+    if address != "::1" and (len(groups) < 2 or max(len(g) for g in groups) < 3):
+        return False  # Python slices (x[1::2]) and other short colon runs
     try:
         ipaddress.IPv6Address(candidate)
     except ValueError:
@@ -342,6 +376,8 @@ def _ipv6_ok(candidate: str) -> bool:
 def _ips(text: str) -> Iterator[tuple[int, int]]:
     if "." in text:
         for m in _IPV4.finditer(text):
+            if m.group().startswith("0.") and m.group().strip("0.") != "":  # 0.x.y.z: versions, not hosts
+                continue
             if not _before(text, m.start(), _VERSION_BEFORE, 20):
                 yield m.span()
     if ":" in text:
@@ -367,7 +403,7 @@ def _ips(text: str) -> Iterator[tuple[int, int]]:
 #   IN mobile         XXXXX XXXXX starting 6-9.
 # Ten to twelve digits in another layout, or unformatted, count only right after a phone keyword;
 # nothing without "+" counts right after an order/SKU/reference keyword or "#".
-_PHONE_RUN = re.compile(r"(?<![\w+])(\+ ?)?(?:\([0-9]{1,5}\) ?|[0-9])(?:[ .\-/]?(?:\([0-9]{1,5}\)|[0-9]))*+")
+_PHONE_RUN = re.compile(r"(?<![\w+])(\+)?(?:\([0-9]{1,5}\) ?|[0-9])(?:[ .\-/]?(?:\([0-9]{1,5}\)|[0-9]))*+")
 _PHONE_GROUP = re.compile(r"\(([0-9]+)\)|[0-9]+")
 _PHONE_WORDS = re.compile(
     r"(?i)(?:\b(?:tel|tele?phone|phone|ph|mob|mobile|cell|cellphone|fax|call|ring|text|sms|whatsapp|contact"
@@ -393,7 +429,38 @@ def _looks_like_date(window: Sequence[_Group]) -> bool:
     if len(window) < 3:
         return False
     a, b, c = window[0].digits, window[1].digits, window[2].digits
-    return len(a) <= 2 and len(b) <= 2 and len(c) == 4 and c[:2] in ("19", "20")
+    if len(a) == 4 and len(b) == 2 and len(c) == 2 and window[1].sep == "-":  # 2024-03-15
+        return True
+    return len(a) <= 2 and len(b) <= 2 and len(c) == 4 and c[:2] in ("19", "20")  # 15.03.2024
+
+
+def _national(window: Sequence[_Group], digits: str) -> bool:
+    """The national layouts, with their separator conventions (which keep decimals, dates,
+    page ranges and dotted identifiers out)."""
+    lens = [len(g.digits) for g in window]
+    seps = [g.sep for g in window[1:]]
+    n = len(digits)
+    if any(g.paren for g in window[1:]):
+        return False
+    if digits[0] == "0" and 9 <= n <= 12 and 2 <= lens[0] <= 5 and all(2 <= x <= 8 for x in lens[1:]):
+        if lens == [3, 2, 4] and seps == ["-", "-"]:  # the SSN layout
+            return False
+        if "." in seps:  # only French numbers are written with dots: 06.39.98.12.34
+            return n == 10 and all(x == 2 for x in lens) and set(seps) == {"."}
+        if "/" in seps:  # German area code / subscriber: 030/2312512
+            return seps[0] == "/" and seps.count("/") == 1
+        return True
+    nanp = window[1:] if window[0].digits == "1" and not window[0].paren else window
+    if [len(g.digits) for g in nanp] == [3, 3, 4] and nanp[0].digits[0] > "1" and nanp[1].digits[0] > "1":
+        exchange, line = nanp[1].sep, nanp[2].sep
+        if nanp[0].paren:  # (415) 555-0123
+            ok = exchange in ("", " ") and line in ("-", " ", ".")
+        else:  # 415-555-0123, 415.555.0123, 415 555 0123
+            ok = exchange == line and line in ("-", " ", ".")
+        if nanp is not window:  # 1-415-555-0123, 1 (415) 555-0123
+            ok = ok and nanp[0].sep in ("", " ", "-", line)
+        return ok
+    return lens == [5, 5] and digits[0] in "6789" and seps[0] in (" ", "-")  # Indian mobile: 98765 43210
 
 
 def _is_phone(window: Sequence[_Group], plus: bool, context: int) -> bool:
@@ -406,25 +473,20 @@ def _is_phone(window: Sequence[_Group], plus: bool, context: int) -> bool:
         if core[0] == "1":
             return len(core) == 11 and core[1] in "23456789"
         return core[0] != "0" and 8 <= len(core) <= 15
-    if context < 0:
+    if context < 0 or _looks_like_date(window):
         return False
-    n = len(digits)
-    lens = [len(g.digits) for g in window]
-    if digits.startswith("00"):
-        return (len(window) > 1 or context > 0) and digits[2:3] not in ("", "0") and 8 <= n - 2 <= 15
-    if _looks_like_date(window):
-        return False
-    if len(window) > 1:
-        if lens == [3, 2, 4] and window[1].sep == window[2].sep == "-":  # the SSN layout
+    first = window[0].digits
+    if first.startswith("00"):  # 00 + country code; not 0.0123 or 00:00:00.123456
+        if len(first) > 5 or any(g.sep == "." or g.paren for g in window[1:]):
             return False
-        if digits[0] == "0" and 9 <= n <= 12 and 2 <= lens[0] <= 5 and all(2 <= x <= 8 for x in lens[1:]):
-            return True
-        nanp = window[1:] if window[0].digits == "1" else window
-        if [len(g.digits) for g in nanp] == [3, 3, 4] and nanp[0].digits[0] > "1" and nanp[1].digits[0] > "1":
-            return True
-        if lens == [5, 5] and digits[0] in "6789":
-            return True
-    return context > 0 and 10 <= n <= 12 and min(lens) >= 2
+        if first == "00" and (len(window) < 2 or len(window[1].digits) > 3):
+            return False
+        return (len(window) > 1 or context > 0) and digits[2:3] not in ("", "0") and 8 <= len(digits) - 2 <= 15
+    if len(window) > 1 and _national(window, digits):
+        return True
+    # Announced by a keyword: ten to twelve digits in any other layout, or none.
+    lens = [len(g.digits) for g in window]
+    return context > 0 and 10 <= len(digits) <= 12 and min(lens) >= 2 and not any(g.paren for g in window[1:])
 
 
 def _phones(text: str) -> Iterator[tuple[int, int]]:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..common.http import key_is_valid, presented_key, watch_disconnect
+from ..common.ratelimit import charge_tokens
 from ..common.serving import Lifecycle
 from .batcher import Batcher, Overloaded
 from .config import EmbeddingServerConfig
@@ -171,6 +172,7 @@ def create_app(state: ServerState) -> FastAPI:
                     )
                 ids[i] = (seq[:1] + seq[-(limit - 1) :]) if left else model.truncate(seq)
         tokens = sum(len(s) for s in ids)
+        charge_tokens(tokens)  # per-client tokens-per-minute limits count input tokens
         watcher = asyncio.create_task(watch_disconnect(request))
         work = asyncio.ensure_future(batcher.embed(ids))
         watcher.add_done_callback(lambda _: work.cancel())

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from .. import __version__
 from ..common.http import key_is_valid, presented_key, watch_disconnect
+from ..common.ratelimit import charge_tokens
 from ..common.serving import Lifecycle
 from . import openai_chat, tgi
 from .config import GenerationServerConfig
@@ -169,6 +170,7 @@ def create_app(state: ServerState) -> FastAPI:
         finally:
             watcher.cancel()
             handle.cancel()
+            charge_tokens(handle.received)  # generated tokens count against tokens-per-minute limits
         raise ApiError(499, "the client closed the request")
 
     def stream(request: Request, handle: Generation, events: AsyncIterator[bytes]) -> StreamingResponse:
@@ -182,6 +184,7 @@ def create_app(state: ServerState) -> FastAPI:
             finally:
                 watcher.cancel()
                 handle.cancel()
+                charge_tokens(handle.received)
 
         return GenerationStream(guarded(), handle)
 

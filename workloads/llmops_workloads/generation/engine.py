@@ -113,6 +113,7 @@ class Generation(AsyncIterator[Step]):
         self._on_cancel = on_cancel
         self.cancelled = False  # read by the inference thread: a bool store is atomic
         self.done = False
+        self.received = 0  # tokens handed to the caller (what a tokens-per-minute limit charges)
 
     def put(self, item: Step | GenerationFailed) -> None:
         """From the inference thread."""
@@ -142,6 +143,7 @@ class Generation(AsyncIterator[Step]):
             self.done = True
             raise item
         assert isinstance(item, Step)
+        self.received += 1
         if item.finished is not None:
             self.done = True
         return item
