@@ -129,8 +129,9 @@ async def run(args: argparse.Namespace) -> None:
         await operator
     await client.close()
     for task in done:
-        if task.exception() is not None and not isinstance(task.exception(), asyncio.CancelledError):
-            raise task.exception()  # type: ignore[misc]
+        # A cancelled task has no exception to ask for (exception() would raise CancelledError).
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
 
 
 def main(argv: list[str] | None = None) -> None:
