@@ -150,24 +150,24 @@ def _card_layout(lens: Sequence[int]) -> bool:
     return len(lens) in (4, 5) and all(n == 4 for n in lens[:-1]) and 1 <= lens[-1] <= 4
 
 
-_ANY = frozenset(range(16, 20))
+_16_TO_19 = frozenset(range(16, 20))
 # (first prefix, last prefix, lengths): the major networks' issuer ranges. Others (airlines' 1,
 # fuel and private-label 7-9, a 14-digit number starting 35) are not cards here.
 _ISSUERS: tuple[tuple[str, str, frozenset[int]], ...] = (
     ("4", "4", frozenset({13, 16, 19})),  # Visa
     ("51", "55", frozenset({16})),  # Mastercard
     ("2221", "2720", frozenset({16})),  # Mastercard 2-series
-    ("2200", "2204", _ANY),  # Mir
+    ("2200", "2204", _16_TO_19),  # Mir
     ("34", "34", frozenset({15})),  # American Express
     ("37", "37", frozenset({15})),
     ("300", "305", frozenset(range(14, 20))),  # Diners Club
     ("36", "36", frozenset(range(14, 20))),
     ("38", "39", frozenset(range(14, 20))),
-    ("3528", "3589", _ANY),  # JCB
-    ("6011", "6011", _ANY),  # Discover
-    ("644", "649", _ANY),
-    ("65", "65", _ANY),
-    ("62", "62", _ANY),  # UnionPay
+    ("3528", "3589", _16_TO_19),  # JCB
+    ("6011", "6011", _16_TO_19),  # Discover
+    ("644", "649", _16_TO_19),
+    ("65", "65", _16_TO_19),
+    ("62", "62", _16_TO_19),  # UnionPay
     ("60", "60", frozenset({16})),  # RuPay
     ("5018", "5018", frozenset(range(13, 20))),  # Maestro
     ("5020", "5020", frozenset(range(13, 20))),
@@ -231,11 +231,10 @@ def _ssns(text: str) -> Iterator[tuple[int, int]]:
 
 # -- UK National Insurance number ------------------------------------------------------------
 # Two prefix letters (first not D F I Q U V, second not D F I O Q U V; BG GB KN NK NT TN ZZ are
-# never allocated), six digits, suffix A-D; spaces optional. No check digit exists.
+# never allocated), six digits, suffix A-D; spaces optional; upper case (lower case lets words
+# through: "At 101376 B"). No check digit exists.
 _NINO = re.compile(
-    r"(?<!\w)(?!(?:BG|GB|KN|NK|NT|TN|ZZ|bg|gb|kn|nk|nt|tn|zz))"
-    r"[A-CEGHJ-PR-TW-Za-ceghj-pr-tw-z][A-CEGHJ-NPR-TW-Za-ceghj-npr-tw-z]"
-    r" ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-Da-d](?!\w)"
+    r"(?<!\w)(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D](?!\w)"
 )
 
 
@@ -395,18 +394,21 @@ def _ips(text: str) -> Iterator[tuple[int, int]]:
 # -- phone numbers ---------------------------------------------------------------------------
 # A run of digit groups joined by single separators (space . - /) or parentheses, optionally
 # after "+". A phone number is a leading window of whole groups that is:
-#   +CC ...           8-15 digits (E.164), a "(0)" trunk marker not counted; +1 needs 11 digits;
-#   00CC ...          international prefix, then 8-15 digits;
+#   +CC ...           an assigned country code, 8-15 digits in all (E.164), a "(0)" trunk marker not
+#                     counted; +1 needs 11 digits;
+#   00CC ...          international prefix, then the same;
 #   0... national     UK, DE, FR, IN and most of Europe: 9-12 digits, first group 2-5 digits,
-#                     the others 2-8 (dates such as 01.02.2024 are excluded);
-#   NANP              [1] NXX NXX XXXX, area code and exchange starting 2-9;
+#                     the others 2-8; dots only in the French five pairs, "/" only after the
+#                     area code; dates, ZIP+4 codes and the SSN layout excluded;
+#   NANP              [1] NXX NXX XXXX (area code and exchange starting 2-9), one separator style;
 #   IN mobile         XXXXX XXXXX starting 6-9.
 # Ten to twelve digits in another layout, or unformatted, count only right after a phone keyword;
-# nothing without "+" counts right after an order/SKU/reference keyword or "#".
+# nothing without "+" counts right after an order/SKU/reference keyword or "#", or when the run
+# continues a number (-2.002 319 ..., 1,234 ...) or a letters-and-digits code.
 _PHONE_RUN = re.compile(r"(?<![\w+])(\+)?(?:\([0-9]{1,5}\) ?|[0-9])(?:[ .\-/]?(?:\([0-9]{1,5}\)|[0-9]))*+")
 _PHONE_GROUP = re.compile(r"\(([0-9]+)\)|[0-9]+")
 _PHONE_WORDS = re.compile(
-    r"(?i)(?:\b(?:tel|tele?phone|phone|ph|mob|mobile|cell|cellphone|fax|call|ring|text|sms|whatsapp|contact"
+    r"(?i)(?:\b(?:tel|tele?phone|phone|ph|mob|mobile|cell|cellphone|fax|call|sms|whatsapp|contact"
     r"|dial|hotline|telefon|telefonnummer|handy|mobil|t[ée]l|t[ée]l[ée]phone|portable|tel[ée]fono|m[óo]vil)\b|☎|📞)"
     r"[^0-9\n]{0,25}$"
 )
@@ -415,6 +417,24 @@ _CODE_BEFORE = re.compile(
     r"|lot|build|version|isbn|account|acct|zip|postcode|product|catalog(?:ue)?|booking|confirmation)\b"
     r"(?:\s*(?:no|nr|num|number|id|code)\b)?\.?|#)\s*[:#=]?\s*$"
 )
+
+
+# ITU-T E.164 country codes in use (prefix-free: one, two or three digits).
+_COUNTRY_CODE_TABLE = (
+    "1 7 20 27 30 31 32 33 34 36 39 40 41 43 44 45 46 47 48 49 51 52 53 54 55 56 57 58 60 61 62 63 64 65 66 81 82 84"
+    " 86 90 91 92 93 94 95 98 211 212 213 216 218 220 221 222 223 224 225 226 227 228 229 230 231 232 233 234 235"
+    " 236 237 238 239 240 241 242 243 244 245 246 247 248 249 250 251 252 253 254 255 256 257 258 260 261 262 263"
+    " 264 265 266 267 268 269 290 291 297 298 299 350 351 352 353 354 355 356 357 358 359 370 371 372 373 374 375"
+    " 376 377 378 379 380 381 382 383 385 386 387 389 420 421 423 500 501 502 503 504 505 506 507 508 509 590 591"
+    " 592 593 594 595 596 597 598 599 670 672 673 674 675 676 677 678 679 680 681 682 683 685 686 687 688 689 690"
+    " 691 692 800 808 850 852 853 855 856 870 878 880 881 882 883 886 888 960 961 962 963 964 965 966 967 968 970"
+    " 971 972 973 974 975 976 977 979 992 993 994 995 996 998"
+)
+_COUNTRY_CODES = frozenset(_COUNTRY_CODE_TABLE.split())
+
+
+def _country_code_ok(digits: str) -> bool:
+    return any(digits[:k] in _COUNTRY_CODES for k in (1, 2, 3))
 
 
 class _Group(NamedTuple):
@@ -440,10 +460,12 @@ def _national(window: Sequence[_Group], digits: str) -> bool:
     lens = [len(g.digits) for g in window]
     seps = [g.sep for g in window[1:]]
     n = len(digits)
-    if any(g.paren for g in window[1:]):
-        return False
+    if any(g.paren for g in window[1:]) or sum(1 for g in window if not g.digits.strip("0")) > 1:
+        return False  # "00 00" runs are dumps and tables
     if digits[0] == "0" and 9 <= n <= 12 and 2 <= lens[0] <= 5 and all(2 <= x <= 8 for x in lens[1:]):
-        if lens == [3, 2, 4] and seps == ["-", "-"]:  # the SSN layout
+        if (lens == [3, 2, 4] and seps == ["-", "-"]) or (lens == [5, 4] and seps == ["-"]):
+            return False  # the SSN layout; a ZIP+4 code
+        if all(x == 2 for x in lens) and n != 10:  # pairs: French numbers have five
             return False
         if "." in seps:  # only French numbers are written with dots: 06.39.98.12.34
             return n == 10 and all(x == 2 for x in lens) and set(seps) == {"."}
@@ -472,7 +494,7 @@ def _is_phone(window: Sequence[_Group], plus: bool, context: int) -> bool:
             return False
         if core[0] == "1":
             return len(core) == 11 and core[1] in "23456789"
-        return core[0] != "0" and 8 <= len(core) <= 15
+        return 8 <= len(core) <= 15 and _country_code_ok(core)
     if context < 0 or _looks_like_date(window):
         return False
     first = window[0].digits
@@ -481,7 +503,7 @@ def _is_phone(window: Sequence[_Group], plus: bool, context: int) -> bool:
             return False
         if first == "00" and (len(window) < 2 or len(window[1].digits) > 3):
             return False
-        return (len(window) > 1 or context > 0) and digits[2:3] not in ("", "0") and 8 <= len(digits) - 2 <= 15
+        return (len(window) > 1 or context > 0) and 8 <= len(digits) - 2 <= 15 and _country_code_ok(digits[2:])
     if len(window) > 1 and _national(window, digits):
         return True
     # Announced by a keyword: ten to twelve digits in any other layout, or none.
@@ -489,13 +511,21 @@ def _is_phone(window: Sequence[_Group], plus: bool, context: int) -> bool:
     return context > 0 and 10 <= len(digits) <= 12 and min(lens) >= 2 and not any(g.paren for g in window[1:])
 
 
+def _after_number(text: str, start: int) -> bool:
+    """-2.002 319 304 3622, 1,234 567 8901: a run that continues a number is not a phone number."""
+    if start == 0:
+        return False
+    before = text[start - 1]
+    return before == "-" or (before in ".,/" and start >= 2 and "0" <= text[start - 2] <= "9")
+
+
 def _phones(text: str) -> Iterator[tuple[int, int]]:
     for run in _PHONE_RUN.finditer(text):
-        plus = run.group(1) is not None
-        if run.end() - run.start() < 7 or (not plus and _continues_code(text, run.start())):
+        if run.end() - run.start() < 7 or _after_number(text, run.start()):
             continue
+        plus = run.group(1) is not None
         groups: list[_Group] = []
-        prev = run.start() + (len(run.group(1)) if plus else 0)
+        prev = run.start() + (1 if plus else 0)
         i = 0
         iterator = _PHONE_GROUP.finditer(text, prev, run.end())
         while True:
@@ -510,18 +540,28 @@ def _phones(text: str) -> Iterator[tuple[int, int]]:
                 break
             lead_plus = plus and i == 0
             start = run.start() if lead_plus else groups[i].start
-            context = -1 if _before(text, start, _CODE_BEFORE, 40) else int(_before(text, start, _PHONE_WORDS, 40))
+            context: int | None = None  # looked up only for a window that could need it
             found = 0
             for k in range(min(8, len(groups) - i), 0, -1):
                 nxt = i + k
                 if nxt < len(groups):
                     if groups[nxt].sep != " ":  # only a space may separate a phone number from what follows
                         continue
+                    if len(groups[nxt].digits) == 2 and all(len(g.digits) == 2 for g in groups[i:nxt]):
+                        continue  # part of a longer run of pairs (a hex dump, a table)
                 elif _glued(text, groups[nxt - 1].end):
                     continue
-                if _is_phone(groups[i:nxt], lead_plus, context):
-                    found = k
-                    break
+                window = groups[i:nxt]
+                if not _is_phone(window, lead_plus, 1):  # a keyword before it is the most it could need
+                    continue
+                if not lead_plus:
+                    if context is None:
+                        negative = (i == 0 and _continues_code(text, start)) or _before(text, start, _CODE_BEFORE, 40)
+                        context = -1 if negative else int(_before(text, start, _PHONE_WORDS, 40))
+                    if not _is_phone(window, False, context):
+                        continue
+                found = k
+                break
             if not found:
                 break
             yield start, groups[i + found - 1].end
@@ -541,7 +581,9 @@ _DETECTORS: dict[str, _Detector] = {
     "ip": _ips,
     "phone": _phones,
 }
-_WORTH_SCANNING = re.compile(r"[0-9@]")
+# The fewest ASCII digits an item of each type has: a cheap first filter for short texts.
+_MIN_DIGITS = {"email": 0, "iban": 2, "card": 13, "ssn": 9, "nino": 6, "dni": 7, "aadhaar": 12, "bsn": 9}
+_MIN_DIGITS |= {"ip": 1, "phone": 7}
 
 
 class Redactor:
@@ -551,7 +593,9 @@ class Redactor:
     ``{TYPE}`` and ``{type}`` are replaced by the type's name (upper/lower case), or a function of
     the ``Span``. ``max_length``: only the first ``max_length`` characters are scanned, and
     ``redact`` drops the rest (replaced by a ``[TRUNCATED n chars]`` marker) rather than pass
-    unscanned text through; ``None`` scans everything (every detector is linear).
+    unscanned text through; ``None`` scans everything (every detector is linear). ``allow``: exact
+    strings never redacted (a support address, ``127.0.0.1``). ``max_depth``: how deep
+    ``redact_obj`` goes.
     """
 
     def __init__(
@@ -560,6 +604,7 @@ class Redactor:
         *,
         placeholder: Placeholder = DEFAULT_PLACEHOLDER,
         max_length: int | None = DEFAULT_MAX_LENGTH,
+        allow: Iterable[str] = (),
         max_depth: int = 64,
     ) -> None:
         wanted = set(TYPES if types is None else types)
@@ -571,6 +616,7 @@ class Redactor:
         self.types: tuple[str, ...] = tuple(t for t in TYPES if t in wanted)
         self.placeholder = placeholder
         self.max_length = max_length
+        self.allow = frozenset(allow)
         self.max_depth = max_depth
 
     def find(self, text: str) -> list[Span]:
@@ -580,12 +626,16 @@ class Redactor:
             text = str(text)
         if self.max_length is not None and len(text) > self.max_length:
             text = text[: self.max_length]
-        if not _WORTH_SCANNING.search(text):  # every type has a digit, except e-mail, which has "@"
+        digits = sum(map(text.count, "0123456789"))
+        if not digits and "@" not in text:  # every type has a digit, except e-mail, which has "@"
             return []
         candidates: list[tuple[int, int, int, str]] = []
         for rank, kind in enumerate(self.types):
-            candidates.extend((start, end, rank, kind) for start, end in _DETECTORS[kind](text))
-        return [Span(kind, start, end, text[start:end]) for start, end, _, kind in _resolve(candidates)]
+            if digits >= _MIN_DIGITS[kind]:
+                candidates.extend((start, end, rank, kind) for start, end in _DETECTORS[kind](text))
+        spans = [Span(kind, start, end, text[start:end]) for start, end, _, kind in _resolve(candidates)]
+        # After overlap resolution: an allowed e-mail address also protects the digits inside it.
+        return [s for s in spans if s.text not in self.allow] if self.allow else spans
 
     def render(self, span: Span) -> str:
         if callable(self.placeholder):
