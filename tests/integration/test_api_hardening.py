@@ -195,3 +195,26 @@ def test_generated_tokens_count_against_a_tokens_per_minute_limit(workdir: Path)
         assert int(refused.headers["retry-after"]) >= 1
     finally:
         proc.stop()
+
+
+def test_logs_are_redacted_when_asked(workdir: Path) -> None:
+    """With debug on the server logs request text: redaction.logs keeps the PII out of it."""
+    cfg = {
+        "model": {"name": MODEL, "path": minilm_path()},
+        "redaction": {"logs": True},
+        "debug": True,
+        "logLevel": "DEBUG",
+    }
+    proc = ServerProcess("llmops_workloads.embedding", cfg, workdir / "embedding-redacted").start()
+    try:
+        text = "write to jane.doe@example.com or call +44 20 7946 0958 about card 4111 1111 1111 1111"
+        r = httpx.post(f"{proc.url}/v1/embeddings", json={"input": text}, timeout=30)
+        assert r.status_code == 200
+        deadline = time.monotonic() + 5
+        while "[EMAIL]" not in proc.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = proc.log()
+        assert "[EMAIL]" in log and "[CARD]" in log and "[PHONE]" in log
+        assert "jane.doe@example.com" not in log and "4111 1111 1111 1111" not in log and "7946 0958" not in log
+    finally:
+        proc.stop()

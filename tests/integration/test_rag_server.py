@@ -440,3 +440,24 @@ def test_openai_compatible_generator(
         assert kinds[0] == "sources" and kinds[-1] == "done" and "token" in kinds
     finally:
         proc.stop()
+
+
+def test_prompts_are_redacted_before_the_generator(
+    workdir: Path, embedding: ServerProcess, milvus: MilvusLite, generator: ServerProcess, corpus: list[dict[str, Any]]
+) -> None:
+    cfg = rag_config(
+        embedding,
+        milvus,
+        "main",
+        generator={"url": generator.url, "maxNewTokens": 4, "defaultMaxNewTokens": 4},
+        redaction={"prompts": True},
+    )
+    cfg.update(debug=True, logLevel="DEBUG")
+    proc = ServerProcess("llmops_workloads.rag", cfg, workdir / "rag-redacted").start()
+    try:
+        question = corpus[1]["title"] + " (ask jane.doe@example.com)"
+        assert httpx.post(f"{proc.url}/v1/query", json={"query": question}, timeout=60).status_code == 200
+        prompts = [json.loads(line)["prompt"] for line in proc.log().splitlines() if '"message": "prompt"' in line]
+        assert prompts and "[EMAIL]" in prompts[-1] and "jane.doe@example.com" not in prompts[-1]
+    finally:
+        proc.stop()

@@ -7,7 +7,7 @@ from llmops_dev.cluster import build
 
 def test_versions_file_pins_every_component() -> None:
     versions = build.load_versions()
-    assert set(versions) == {"kubernetes", "etcd", "kwok", "helm"}
+    assert set(versions) == {"kubernetes", "etcd", "kwok", "helm", "promtool"}
     k8s = versions["kubernetes"]
     # The staging modules must be the release that matches kubernetes itself (1.X.Y <-> 0.X.Y).
     assert k8s["staging"] == "v0." + k8s["version"].split(".", 1)[1]

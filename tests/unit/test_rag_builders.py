@@ -160,10 +160,12 @@ def test_rate_limits_and_audit_reach_the_server_config() -> None:
                 "redis": {"url": "redis://redis:6379/1", "secretRef": {"name": "redis", "key": "password"}},
             },
             "audit": {"enabled": True},
+            "redaction": {"prompts": True, "types": ["email", "phone"]},
         }
     )
     w = rag_workload(OWNER, s, RESOLVED)
     cfg = server_config(w)
+    assert cfg.redaction.prompts is True and cfg.redaction.logs is False and cfg.redaction.types == ["email", "phone"]
     assert cfg.rate_limits.requests_per_minute == 120 and cfg.rate_limits.per_key["batch"].requests_per_minute == 6000
     assert cfg.rate_limits.redis_url == "redis://redis:6379/1"
     assert cfg.rate_limits.redis_password_file == "/var/run/secrets/llmops/ratelimit/password"

@@ -161,6 +161,16 @@ class AuditSpec(ApiModel):
     enabled: bool = Field(False, description="One JSON record per request on stdout (never request text).")
 
 
+class RedactionSpec(ApiModel):
+    """PII redaction (e-mail, phone, card, IBAN, IP, national IDs) by the servers."""
+
+    logs: bool = Field(False, description="Redact log records.")
+    prompts: bool = Field(False, description="RAG: redact the question and sources sent to the generator.")
+    types: list[Literal["email", "iban", "card", "ssn", "nino", "dni", "aadhaar", "bsn", "ip", "phone"]] | None = Field(
+        None, max_length=10, description="Which types; unset: all."
+    )
+
+
 class ServiceMonitorSpec(ApiModel):
     enabled: bool = Field(True, description="Create a ServiceMonitor (only when the Prometheus Operator CRD exists).")
     interval: str = Field("30s", pattern=r"^[0-9]+(ms|s|m)$", max_length=16, description="Scrape interval.")

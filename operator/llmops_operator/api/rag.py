@@ -20,6 +20,7 @@ from .common import (
     NetworkPolicySpec,
     PodPlacement,
     RateLimitsSpec,
+    RedactionSpec,
     ResourcesSpec,
     SecretKeyRef,
     cel,
@@ -252,6 +253,7 @@ class ServerSpec(PodPlacement):
     auth: AuthSpec = Field(default_factory=AuthSpec, json_schema_extra={"default": {}})
     rate_limits: RateLimitsSpec | None = None
     audit: AuditSpec = Field(default_factory=AuditSpec, json_schema_extra={"default": {}})
+    redaction: RedactionSpec = Field(default_factory=RedactionSpec, json_schema_extra={"default": {}})
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, json_schema_extra={"default": {}})
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec, json_schema_extra={"default": {}})
 

@@ -15,6 +15,7 @@ from ..api.common import (
     NetworkPolicySpec,
     PodPlacement,
     RateLimitsSpec,
+    RedactionSpec,
     ResourcesSpec,
 )
 
@@ -188,7 +189,7 @@ def secret_volume(name: str, secret: str, key: str, file: str) -> tuple[dict[str
 
 
 def security_config(
-    limits: RateLimitsSpec | None, audit: AuditSpec
+    limits: RateLimitsSpec | None, audit: AuditSpec, redaction: RedactionSpec | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """The servers' shared ``rateLimits`` and ``audit`` config sections, with the Secret volume a
     Redis password needs (docs/api-hardening.md is the servers' side)."""
@@ -211,4 +212,6 @@ def security_config(
         config["rateLimits"] = rl
     if audit.enabled:
         config["audit"] = {"enabled": True}
+    if redaction is not None and (redaction.logs or redaction.prompts):
+        config["redaction"] = redaction.model_dump(by_alias=True, exclude_none=True)
     return config, volumes, mounts

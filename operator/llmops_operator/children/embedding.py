@@ -41,7 +41,7 @@ def server_config(spec: EmbeddingServiceSpec, model_path: str | None, revision: 
     }
     if spec.auth.api_key_secret_ref:
         config["auth"] = {"apiKeyFile": API_KEY_FILE}
-    config.update(security_config(spec.rate_limits, spec.audit)[0])
+    config.update(security_config(spec.rate_limits, spec.audit, spec.redaction)[0])
     return config
 
 

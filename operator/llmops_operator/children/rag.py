@@ -121,7 +121,9 @@ def server_config(
     }
     if ref := spec.server.auth.api_key_secret_ref:
         config["auth"] = {"apiKeyFile": secret_file("auth", ref.name, ref.key, "api-key")}
-    extra, extra_volumes, extra_mounts = security_config(spec.server.rate_limits, spec.server.audit)
+    extra, extra_volumes, extra_mounts = security_config(
+        spec.server.rate_limits, spec.server.audit, spec.server.redaction
+    )
     config.update(extra)
     return config, volumes + extra_volumes, mounts + extra_mounts
 

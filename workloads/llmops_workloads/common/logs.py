@@ -37,8 +37,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
-def configure(fmt: str = "json", level: str = "INFO") -> None:
+def configure(fmt: str = "json", level: str = "INFO", log_filter: logging.Filter | None = None) -> None:
+    """``log_filter``: e.g. common.redaction.RedactingFilter, applied to every record before it is written."""
     handler = logging.StreamHandler(sys.stdout)
+    if log_filter is not None:
+        handler.addFilter(log_filter)
     handler.setFormatter(
         JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )

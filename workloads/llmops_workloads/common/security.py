@@ -7,12 +7,27 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from pydantic import Field
+
 from .audit import AuditConfig, AuditLog
 from .auth import ApiKeys
 from .ratelimit import RateLimitConfig, RateLimiter
+from .redaction import Redactor
 from .serving import AuthConfig
+from .settings import Section
 
 OPEN_PATHS = ("/health", "/ready", "/metrics")
+
+
+class RedactionConfig(Section):
+    """PII redaction (common.redaction): off unless asked for."""
+
+    logs: bool = Field(False, description="Redact log records (messages, extras, tracebacks).")
+    prompts: bool = Field(False, description="RAG: redact the question and sources sent to the generator.")
+    types: list[str] | None = Field(None, description="Subset of common.redaction.TYPES; unset: all.")
+
+    def redactor(self) -> Redactor:
+        return Redactor(self.types)
 
 
 @dataclass

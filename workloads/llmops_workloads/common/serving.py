@@ -140,7 +140,13 @@ def main(
     if overrides:
         cfg = cfg.model_copy(update={"server": served.server.model_copy(update=overrides)})
         served = cfg  # type: ignore[assignment]
-    logs.configure(served.log_format, served.log_level)
+    redaction = getattr(cfg, "redaction", None)
+    log_filter = None
+    if redaction is not None and redaction.logs:
+        from .redaction import RedactingFilter
+
+        log_filter = RedactingFilter(redaction.redactor())
+    logs.configure(served.log_format, served.log_level, log_filter)
     if served.server.metrics_port and served.server.metrics_port != served.server.port:
         start_http_server(served.server.metrics_port, addr=served.server.host)
     sys.exit(asyncio.run(run(cfg)))

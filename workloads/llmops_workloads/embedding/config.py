@@ -8,6 +8,7 @@ from pydantic import Field
 
 from ..common.audit import AuditConfig
 from ..common.ratelimit import RateLimitConfig
+from ..common.security import RedactionConfig
 from ..common.serving import AuthConfig, ServerConfig
 from ..common.serving import Section as _Section
 from ..common.settings import FileSettings
@@ -44,6 +45,7 @@ class EmbeddingServerConfig(FileSettings):
     auth: AuthConfig = AuthConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     audit: AuditConfig = AuditConfig()
+    redaction: RedactionConfig = RedactionConfig()
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
     debug: bool = Field(False, description="Log request text (never in production).")

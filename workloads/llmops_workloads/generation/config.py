@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from ..common.audit import AuditConfig
 from ..common.ratelimit import RateLimitConfig
+from ..common.security import RedactionConfig
 from ..common.serving import AuthConfig, ServerConfig
 from ..common.serving import Section as _Section
 from ..common.settings import FileSettings
@@ -58,6 +59,7 @@ class GenerationServerConfig(FileSettings):
     auth: AuthConfig = AuthConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     audit: AuditConfig = AuditConfig()
+    redaction: RedactionConfig = RedactionConfig()
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
     debug: bool = Field(False, description="Log prompts (never in production).")

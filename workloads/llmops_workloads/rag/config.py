@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from ..common.audit import AuditConfig
 from ..common.ratelimit import RateLimitConfig
+from ..common.security import RedactionConfig
 from ..common.serving import AuthConfig, Section, ServerConfig
 from ..common.settings import FileSettings
 
@@ -143,6 +144,7 @@ class RagServerConfig(FileSettings):
     auth: AuthConfig = AuthConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     audit: AuditConfig = AuditConfig()
+    redaction: RedactionConfig = RedactionConfig()
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
     debug: bool = Field(False, description="Log queries and prompts (never in production).")

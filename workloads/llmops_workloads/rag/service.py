@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,7 @@ class RagService:
         self.cache = Cache(cfg.cache, namespace=cfg.milvus.collection)
         self.generator = Generator(cfg.generator)
         self.ingestor = Ingestor(self.store, self.embedder, self.tokenizer, cfg.chunking, self.cache)
+        self.redactor = cfg.redaction.redactor() if cfg.redaction.prompts else None
 
     async def start(self) -> None:
         """Learn the model's dimension, then create or check and load the collection."""
@@ -132,6 +133,8 @@ class RagService:
         snippet = self.cfg.retrieval.snippet_chars
         yield {"event": "sources", "sources": [source(h, snippet) for h in retrieval.hits]}
         prompt = build_prompt(self.cfg.prompt, query, retrieval.hits, self.tokenizer)
+        if self.redactor is not None:  # the generator (often a third party) never sees the PII
+            prompt = replace(prompt, user=self.redactor.redact(prompt.user), text=self.redactor.redact(prompt.text))
         if self.cfg.debug:
             log.debug("prompt", extra={"prompt": prompt.text})
         new_tokens = self.generator.clamp(max_new_tokens)
