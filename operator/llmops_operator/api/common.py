@@ -140,7 +140,8 @@ class AuthSpec(ApiModel):
 
 
 class KeyRateLimit(ApiModel):
-    requests_per_minute: int = Field(ge=1, le=10_000_000)
+    requests_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    tokens_per_minute: int | None = Field(None, ge=1, le=1_000_000_000)
 
 
 class RedisRef(ApiModel):
@@ -153,6 +154,12 @@ class RateLimitsSpec(ApiModel):
     Retry-After beyond them. With redis, every replica shares one budget per client."""
 
     requests_per_minute: int | None = Field(None, ge=1, le=10_000_000)
+    tokens_per_minute: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000_000,
+        description="Embedding input tokens or generated tokens, charged after each request.",
+    )
     per_key: dict[str, KeyRateLimit] = Field(default_factory=dict, description="Overrides by key name.")
     redis: RedisRef | None = None
 
