@@ -156,7 +156,8 @@ def test_rate_limits_and_audit_reach_the_server_config() -> None:
         server={
             "rateLimits": {
                 "requestsPerMinute": 120,
-                "perKey": {"batch": {"requestsPerMinute": 6000}},
+                "perKey": {"batch": {"requestsPerMinute": 6000, "tokensPerMinute": 900000}},
+                "tokensPerMinute": 20000,
                 "redis": {"url": "redis://redis:6379/1", "secretRef": {"name": "redis", "key": "password"}},
             },
             "audit": {"enabled": True},
@@ -167,6 +168,8 @@ def test_rate_limits_and_audit_reach_the_server_config() -> None:
     cfg = server_config(w)
     assert cfg.redaction.prompts is True and cfg.redaction.logs is False and cfg.redaction.types == ["email", "phone"]
     assert cfg.rate_limits.requests_per_minute == 120 and cfg.rate_limits.per_key["batch"].requests_per_minute == 6000
+    assert cfg.rate_limits.tokens_per_minute == 20000
+    assert cfg.rate_limits.per_key["batch"].tokens_per_minute == 900000
     assert cfg.rate_limits.redis_url == "redis://redis:6379/1"
     assert cfg.rate_limits.redis_password_file == "/var/run/secrets/llmops/ratelimit/password"
     assert cfg.audit.enabled is True

@@ -197,11 +197,12 @@ def security_config(
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     if limits is not None:
-        rl: dict[str, Any] = {
-            "perKey": {k: {"requestsPerMinute": v.requests_per_minute} for k, v in limits.per_key.items()}
-        }
+        per_key = {k: v.model_dump(by_alias=True, exclude_none=True) for k, v in limits.per_key.items()}
+        rl: dict[str, Any] = {"perKey": per_key}
         if limits.requests_per_minute is not None:
             rl["requestsPerMinute"] = limits.requests_per_minute
+        if limits.tokens_per_minute is not None:
+            rl["tokensPerMinute"] = limits.tokens_per_minute
         if limits.redis is not None:
             rl["redisUrl"] = limits.redis.url
             if ref := limits.redis.secret_ref:
