@@ -9,19 +9,26 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import uvicorn
 from prometheus_client import start_http_server
 from pydantic import Field
+from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from . import logs
+from .http import ErrorBody, Guard
 from .settings import FileSettings, Section
+
+if TYPE_CHECKING:
+    from .security import Security
 
 log = logging.getLogger("llmops.server")
 __all__ = ["AuthConfig", "GracefulServer", "Lifecycle", "Section", "ServerConfig", "make_server", "serve"]
@@ -70,6 +77,37 @@ class GracefulServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def assemble(
+    app: Starlette,
+    cfg: ServerConfig,
+    routes: Collection[str],
+    error_body: ErrorBody,
+    security: Security,
+    start: Callable[[], Coroutine[Any, Any, None]],
+    stop: Callable[[], Coroutine[Any, Any, None]],
+) -> GracefulServer:
+    """The server every llmops process runs: ``start`` (load models, reach dependencies) runs in the
+    background from start-up, so /health answers at once; ``stop`` releases what it built; the
+    ``Guard`` middleware (keys, limits, audit, size limit, metrics) wraps the app."""
+
+    @asynccontextmanager
+    async def lifespan(_: object) -> AsyncIterator[None]:
+        starter = asyncio.create_task(start())
+        yield
+        starter.cancel()
+        await stop()
+
+    app.router.lifespan_context = lifespan
+    return make_server(Guard(app, cfg.max_request_bytes, routes, error_body, security), cfg)
+
+
+def failed_to_start(life: Lifecycle, exc: BaseException, what: str) -> None:
+    """A start-up that cannot succeed: say why in /ready and the log, and exit 1 (see ``serve``)."""
+    life.load_error = f"{type(exc).__name__}: {exc}"
+    log.exception("%s; exiting", what)
+    os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def make_server(app: ASGIApp, cfg: ServerConfig) -> GracefulServer:

@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from ..common import serving
-from ..common.http import Guard
 from ..common.security import build_security
-from ..common.serving import GracefulServer, make_server
+from ..common.serving import GracefulServer
 from .api import ROUTES, ServerState, create_app, error_body
 from .batcher import Batcher
 from .config import EmbeddingServerConfig
@@ -41,9 +36,7 @@ async def load(state: ServerState) -> None:
         state.ready = True
         log.info("ready", extra={"dimension": model.info.dimension, "device": model.info.device})
     except Exception as exc:
-        state.load_error = f"{type(exc).__name__}: {exc}"
-        log.exception("the model could not be loaded; exiting")
-        os.kill(os.getpid(), signal.SIGUSR1)
+        serving.failed_to_start(state, exc, "the model could not be loaded")
 
 
 def build(cfg: EmbeddingServerConfig) -> tuple[ServerState, GracefulServer]:
@@ -53,17 +46,11 @@ def build(cfg: EmbeddingServerConfig) -> tuple[ServerState, GracefulServer]:
     )  # fmt: skip
     state = ServerState(cfg=cfg, api_keys=security.keys)
 
-    @asynccontextmanager
-    async def lifespan(_: object) -> AsyncIterator[None]:
-        loader = asyncio.create_task(load(state))
-        yield
-        loader.cancel()
+    async def stop() -> None:
         if state.batcher is not None:
             await state.batcher.stop()
 
-    app = create_app(state)
-    app.router.lifespan_context = lifespan
-    server = make_server(Guard(app, cfg.server.max_request_bytes, ROUTES, error_body, security), cfg.server)
+    server = serving.assemble(create_app(state), cfg.server, ROUTES, error_body, security, lambda: load(state), stop)
     return state, server
 
 

@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import torch
 
 from ..common import serving
-from ..common.http import Guard
 from ..common.security import build_security
-from ..common.serving import GracefulServer, make_server
+from ..common.serving import GracefulServer
 from .api import ROUTES, ServerState, create_app, error_body
 from .config import GenerationServerConfig
 from .engine import Engine
@@ -58,9 +53,7 @@ async def load(state: ServerState) -> None:
         state.ready = True
         log.info("ready", extra={"device": model.info.device, "dtype": model.info.dtype, **limits.__dict__})
     except Exception as exc:
-        state.load_error = f"{type(exc).__name__}: {exc}"
-        log.exception("the model could not be loaded; exiting")
-        os.kill(os.getpid(), signal.SIGUSR1)
+        serving.failed_to_start(state, exc, "the model could not be loaded")
 
 
 def build(cfg: GenerationServerConfig) -> tuple[ServerState, GracefulServer]:
@@ -70,17 +63,11 @@ def build(cfg: GenerationServerConfig) -> tuple[ServerState, GracefulServer]:
     )  # fmt: skip
     state = ServerState(cfg=cfg, api_keys=security.keys)
 
-    @asynccontextmanager
-    async def lifespan(_: object) -> AsyncIterator[None]:
-        loader = asyncio.create_task(load(state))
-        yield
-        loader.cancel()
+    async def stop() -> None:
         if state.engine is not None:
             await asyncio.to_thread(state.engine.stop)
 
-    app = create_app(state)
-    app.router.lifespan_context = lifespan
-    server = make_server(Guard(app, cfg.server.max_request_bytes, ROUTES, error_body, security), cfg.server)
+    server = serving.assemble(create_app(state), cfg.server, ROUTES, error_body, security, lambda: load(state), stop)
     return state, server
 
 

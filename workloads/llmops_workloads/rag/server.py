@@ -11,13 +11,10 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from ..common import serving
-from ..common.http import Guard
 from ..common.security import build_security
-from ..common.serving import GracefulServer, make_server
+from ..common.serving import GracefulServer
 from .api import ROUTES, RagState, create_app, error_body
 from .config import RagServerConfig
 from .errors import ConfigError, DependencyUnavailable
@@ -54,17 +51,12 @@ def build(cfg: RagServerConfig) -> tuple[RagState, GracefulServer]:
     )  # fmt: skip
     state = RagState(cfg=cfg, api_keys=security.keys)
 
-    @asynccontextmanager
-    async def lifespan(_: object) -> AsyncIterator[None]:
-        starter = asyncio.create_task(start(state))
-        yield
-        starter.cancel()
+    async def stop() -> None:
         if state.service is not None:
             await state.service.close()
 
-    app = create_app(state)
-    app.router.lifespan_context = lifespan
-    return state, make_server(Guard(app, cfg.server.max_request_bytes, ROUTES, error_body, security), cfg.server)
+    server = serving.assemble(create_app(state), cfg.server, ROUTES, error_body, security, lambda: start(state), stop)
+    return state, server
 
 
 async def serve(cfg: RagServerConfig) -> int:
