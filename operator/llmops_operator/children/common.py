@@ -216,3 +216,18 @@ def security_config(
     if redaction is not None and (redaction.logs or redaction.prompts):
         config["redaction"] = redaction.model_dump(by_alias=True, exclude_none=True)
     return config, volumes, mounts
+
+
+def place(pod: dict[str, Any], w: Workload) -> None:
+    """Pod-level placement every workload shares: node selector (GPU product included),
+    tolerations (the GPU taint included), affinity, priority class, image pull secrets."""
+    if sel := node_selector(w):
+        pod["nodeSelector"] = sel
+    if tol := tolerations(w):
+        pod["tolerations"] = tol
+    if w.placement.affinity:
+        pod["affinity"] = w.placement.affinity
+    if w.placement.priority_class_name:
+        pod["priorityClassName"] = w.placement.priority_class_name
+    if w.placement.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in w.placement.image_pull_secrets]

@@ -17,9 +17,8 @@ from .common import (
     container_resources,
     container_security_context,
     meta,
-    node_selector,
+    place,
     pod_security_context,
-    tolerations,
 )
 
 PROBE_PERIOD = 10
@@ -87,16 +86,7 @@ def pod_template(w: Workload) -> dict[str, Any]:
         "containers": [container],
         "volumes": volumes,
     }
-    if sel := node_selector(w):
-        spec["nodeSelector"] = sel
-    if tol := tolerations(w):
-        spec["tolerations"] = tol
-    if w.placement.affinity:
-        spec["affinity"] = w.placement.affinity
-    if w.placement.priority_class_name:
-        spec["priorityClassName"] = w.placement.priority_class_name
-    if w.placement.image_pull_secrets:
-        spec["imagePullSecrets"] = [{"name": s.name} for s in w.placement.image_pull_secrets]
+    place(spec, w)
     return {
         "metadata": {"labels": {**w.placement.pod_labels, **w.labels}, "annotations": annotations},
         "spec": spec,

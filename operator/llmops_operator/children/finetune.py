@@ -26,9 +26,8 @@ from .common import (
     container_resources,
     container_security_context,
     meta,
-    node_selector,
+    place,
     pod_security_context,
-    tolerations,
 )
 
 COMMAND = ("python", "-m", "llmops_workloads.training")
@@ -227,16 +226,7 @@ def pod_template(w: Workload, spec: FineTuneJobSpec) -> dict[str, Any]:
         "containers": [container],
         "volumes": volumes,
     }
-    if sel := node_selector(w):
-        pod["nodeSelector"] = sel
-    if tol := tolerations(w):
-        pod["tolerations"] = tol
-    if w.placement.affinity:
-        pod["affinity"] = w.placement.affinity
-    if w.placement.priority_class_name:
-        pod["priorityClassName"] = w.placement.priority_class_name
-    if w.placement.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": s.name} for s in w.placement.image_pull_secrets]
+    place(pod, w)
     annotations = {**w.placement.pod_annotations, CONFIG_HASH: config_hash({"config": configmap.config_file(w)})}
     return {
         "metadata": {"labels": {**w.placement.pod_labels, **w.labels}, "annotations": annotations},
