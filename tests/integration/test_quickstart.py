@@ -1,10 +1,14 @@
-"""The README's main command, run the way a newcomer runs it (on a cluster of its own)."""
+"""The README's main command, run the way a newcomer runs it (on a cluster of its own): the
+control plane, Milvus Lite, the operator and the pod runner; the quickstart's resources become
+real processes that ingest the sample corpus and answer a question with its sources."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,24 +17,45 @@ from llmops_dev.cluster import controlplane
 pytestmark = pytest.mark.cluster
 
 
-def test_quickstart_then_down() -> None:
+def test_quickstart_serves_a_streamed_answer_then_down_stops_everything() -> None:
     name = f"qs-{os.getpid()}"
     cli = [sys.executable, "-m", "llmops_dev.cli", "quickstart", "--name", name]
+    pids: dict[str, int] = {}
+    pod_pids: list[int] = []
     try:
-        run = subprocess.run(cli, capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stdout + run.stderr
-        assert "EmbeddingService minilm Ready" in run.stdout
-        table = run.stdout.split("$ kubectl get llmops", 1)[1]
-        assert "minilm" in table.splitlines()[2] and " True " in table.splitlines()[2]
+        run = subprocess.run(cli, capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
+        out = run.stdout
+        for step in (
+            "EmbeddingService minilm Ready",
+            "RAGPipeline handbook Ready and its documents ingested",
+            "FineTuneJob minilm-handbook Succeeded",
+            "EmbeddingService minilm-handbook (the fine-tuned model) Ready",
+        ):
+            assert step in out
+        answer = out.split("\nA: ", 1)[1].split("\nSources:", 1)[0]
+        assert answer.strip(), "the streamed answer is empty"
+        sources = out.split("Sources:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+        assert sources[0].startswith("  [1] rollback.md"), sources  # the question is about rolling back
+        tables = out.split("$ kubectl get llmops", 1)[1]
+        assert " Succeeded " in tables and "ragpipeline.llmops.dev/handbook" in tables
+        pods = tables.split("$ kubectl get pods -o wide", 1)[1]
+        running = [line for line in pods.splitlines() if " Running " in line]
+        assert len(running) >= 4 and all("llmops-local-0" in line for line in running), pods
+
         state = controlplane.load_state(name)
         assert state is not None
-        assert controlplane.pid_alive(state.pids["llmops-operator"])
         pids = dict(state.pids)
-        again = subprocess.run(cli, capture_output=True, text=True, timeout=300)
-        assert again.returncode == 0, again.stderr
-        assert "already running" in again.stdout
+        runner = json.loads((Path(state.root) / "runner" / "runner.json").read_text())
+        pod_pids = [p["pid"] for p in runner["pods"].values() if p["pid"]]
+        assert pod_pids and all(controlplane.pid_alive(p) for p in pod_pids)
+
+        again = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "already running" in again.stdout and "Sources:" in again.stdout
     finally:
         down = subprocess.run([*cli, "--down"], capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
-    assert "llmops-operator" in down.stdout
+    assert "llmops-pod-runner" in down.stdout and "milvus-lite" in down.stdout
     assert not [n for n, p in pids.items() if controlplane.pid_alive(p)]
+    assert not [p for p in pod_pids if controlplane.pid_alive(p)], "a pod's process outlived the runner"

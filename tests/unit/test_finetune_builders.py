@@ -336,7 +336,11 @@ def test_progress_from_the_endpoint_and_the_termination_message() -> None:
     done = progress_from_summary(running, summary, succeeded=True)
     assert done["step"] == 160 and done["display"] == "160/160 (100%)" and done["etaSeconds"] == 0
     assert done["evalMetric"] == {"name": "mrr@10", "value": 0.74, "baseValue": 0.5}
-    assert done["loss"] == 0.8123  # the last polled loss: the summary has none
+    assert done["loss"] == 0.8123  # the last polled loss: this summary has none
+    # The trainer's real summary carries the last loss, epoch and learning rate (a run too short
+    # to be polled still shows its loss).
+    short = progress_from_summary(None, {**summary, "loss": 0.706, "epoch": 2.0, "learningRate": 1e-5}, True)
+    assert (short["loss"], short["epoch"], short["learningRate"]) == (0.706, 2.0, 1e-5)
     assert progress_from_summary(None, {}, succeeded=True) == {}  # kwok: no trainer ran, nothing to say
 
 

@@ -99,6 +99,17 @@ def test_built_in_generator_config_is_what_the_generation_server_reads() -> None
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("max_new_tokens", [1, 40, 100, 4096])
+def test_any_admitted_max_new_tokens_gives_a_config_the_generation_server_accepts(max_new_tokens: int) -> None:
+    # Found by the quickstart: maxNewTokens below the server's default (100) crash-looped the pod.
+    s = spec(generator={"deploy": {"model": {"name": "m"}}, "maxNewTokens": max_new_tokens})
+    g = generator_workload(OWNER, s)
+    assert g is not None
+    cfg = GenerationServerConfig.model_validate(snake_keys(yaml.safe_load(configmap.config_file(g))))
+    assert cfg.limits.max_new_tokens == max_new_tokens
+    assert cfg.limits.default_max_new_tokens == min(100, max_new_tokens)
+
+
 def test_ingestion_job_runs_the_ingest_command_with_sources_mounted() -> None:
     s = spec(
         sources=[
@@ -118,8 +129,9 @@ def test_ingestion_job_runs_the_ingest_command_with_sources_mounted() -> None:
     container = pod["containers"][0]
     assert container["command"] == [
         "python", "-m", "llmops_workloads.rag", "ingest", "--config", "/etc/llmops/config.yaml", "--batch-size", "32",
-        "/sources/0", "/sources/1/docs/2026", "https://example.com/faq.html",
+        "--termination-log", "/dev/termination-log", "/sources/0", "/sources/1/docs/2026", "https://example.com/faq.html",
     ]  # fmt: skip
+    assert container["terminationMessagePath"] == "/dev/termination-log"  # the same file, named in both places
     assert pod["restartPolicy"] == "Never" and pod["nodeSelector"] == {"pool": "batch"}
     assert container["resources"]["requests"]["cpu"] == "2"
     assert not {"ports", "livenessProbe", "readinessProbe", "startupProbe"} & set(container)

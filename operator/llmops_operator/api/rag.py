@@ -114,6 +114,16 @@ class GeneratorModel(ApiModel):
 class GeneratorDeploy(ApiModel):
     """The built-in generation server (for small models; use TGI or vLLM for large ones)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.maxInputTokens < self.maxTotalTokens",
+                "generator.deploy.maxInputTokens must be less than maxTotalTokens (the prompt and the answer share "
+                "maxTotalTokens)",
+            )
+        )
+    )
+
     model: GeneratorModel
     replicas: int = Field(1, ge=0, le=100)
     resources: ResourcesSpec = Field(

@@ -25,6 +25,9 @@ CONFIG_HASH = "llmops.dev/config-hash"
 CONFIG_DIR = "/etc/llmops"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 SECRETS_DIR = "/var/run/secrets/llmops"
+# Where run-to-completion containers (trainer, ingestion) leave their JSON summary; named in the
+# pod spec and passed to the program, so both always agree.
+TERMINATION_LOG = "/dev/termination-log"
 HTTP_PORT = 8080
 METRICS_PORT = 9090
 RUN_AS = 65532  # the "nonroot" user of distroless-style images

@@ -20,6 +20,7 @@ from .common import (
     CONFIG_DIR,
     CONFIG_FILE,
     CONFIG_HASH,
+    TERMINATION_LOG,
     Owner,
     Workload,
     config_hash,
@@ -84,7 +85,7 @@ def trainer_config(owner: Owner, spec: FineTuneJobSpec, cpu: str) -> dict[str, A
         "dataset": dataset,
         "hyperparameters": spec.hyperparameters.model_dump(by_alias=True, exclude_none=True),
         "output": {"dir": f"{OUTPUT_DIR}/{output_path(owner, spec)}"},
-        "progress": {"port": PROGRESS_PORT},
+        "progress": {"port": PROGRESS_PORT, "terminationMessagePath": TERMINATION_LOG},
         "device": "cuda" if gpu else "cpu",
         "logFormat": "json",
     }
@@ -214,7 +215,7 @@ def pod_template(w: Workload, spec: FineTuneJobSpec) -> dict[str, Any]:
         "volumeMounts": mounts,
         "securityContext": container_security_context(),
         # The trainer writes its JSON summary here; a hard crash leaves the log's tail instead.
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod: dict[str, Any] = {

@@ -18,6 +18,7 @@ from .common import (
     CONFIG_FILE,
     HTTP_PORT,
     METRICS_PORT,
+    TERMINATION_LOG,
     Owner,
     Workload,
     container_resources,
@@ -183,6 +184,8 @@ def generator_workload(owner: Owner, spec: RAGPipelineSpec) -> Workload | None:
             "maxInputTokens": d.max_input_tokens,
             "maxTotalTokens": d.max_total_tokens,
             "maxNewTokens": spec.generator.max_new_tokens,
+            # The server's own default (100) must not exceed the pipeline's limit.
+            "defaultMaxNewTokens": min(100, spec.generator.max_new_tokens),
         },
         "server": {"host": "0.0.0.0", "port": HTTP_PORT, "metricsPort": METRICS_PORT},  # noqa: S104 (in a pod)
     }
@@ -243,8 +246,19 @@ def _ingestion_pod(w: Workload, spec: RAGPipelineSpec) -> dict[str, Any]:
     job_w = replace(w, resources=ingestion.resources)
     container.update(
         name="ingest",
-        command=[*RAG_COMMAND, "ingest", "--config", CONFIG_FILE, "--batch-size", str(ingestion.batch_size), *args],
+        command=[
+            *RAG_COMMAND,
+            "ingest",
+            "--config",
+            CONFIG_FILE,
+            "--batch-size",
+            str(ingestion.batch_size),
+            "--termination-log",
+            TERMINATION_LOG,
+            *args,
+        ],
         resources=container_resources(job_w),
+        terminationMessagePath=TERMINATION_LOG,
         terminationMessagePolicy="FallbackToLogsOnError",
     )
     for key in ("ports", "startupProbe", "livenessProbe", "readinessProbe", "lifecycle"):

@@ -33,8 +33,10 @@ WAIT_FOR_FINE_TUNE = 30.0
 
 async def _resolve_fine_tune(ctx: Context, namespace: str, name: str) -> tuple[str, str, str] | Cond:
     """(claim, path, run) of what a succeeded FineTuneJob wrote, or the condition saying what we
-    wait for. ``run`` names the run (job uid and completion time): a new successful run under the
-    same name changes it, and with it the served config, so the Deployment rolls."""
+    wait for. ``run`` names the run: the FineTuneJob's uid, since its spec is immutable and a new
+    run under the same name is a new object. It changes the served config, so the Deployment
+    rolls. (Not the completion time: the Job reports success (SuccessCriteriaMet) before it sets
+    completionTime, and a run id that changes a second later rolled every service twice.)"""
     job = await ctx.client.get(FINE_TUNE_JOB, namespace, name)
     if job is None:
         return Cond("ModelResolved", "False", "FineTuneJobNotFound", f"FineTuneJob {name} does not exist (yet)")
@@ -50,7 +52,7 @@ async def _resolve_fine_tune(ctx: Context, namespace: str, name: str) -> tuple[s
     output = urlparse(str(status.get("output", "")))
     if output.scheme != "pvc" or not output.netloc:
         return Cond("ModelResolved", "False", "FineTuneOutputInvalid", f"FineTuneJob {name} has no pvc:// output")
-    run = f"{job['metadata'].get('uid', '')[:8]}@{status.get('completionTime', '')}"
+    run = str(job["metadata"].get("uid", ""))[:8]
     return output.netloc, output.path.lstrip("/"), run
 
 

@@ -199,9 +199,9 @@ def progress_from_snapshot(snap: dict[str, Any]) -> dict[str, Any]:
 
 def progress_from_summary(old: dict[str, Any] | None, summary: dict[str, Any], succeeded: bool) -> dict[str, Any]:
     """status.progress at the end: the last polled values, updated by the termination message
-    (which has the steps and the final metrics, but not the loss or the epoch)."""
+    (the steps, the last loss, epoch and learning rate, and the final metrics)."""
     out = dict(old or {})
-    out.update(_numbers(summary, ("step", "totalSteps")))
+    out.update(_numbers(summary, ("step", "totalSteps", "epoch", "loss", "learningRate")))
     if em := _eval_metric(summary.get("metric"), summary.get("metrics"), summary.get("baseMetrics")):
         out["evalMetric"] = em
     if succeeded and out:
