@@ -65,6 +65,11 @@ CASES = [
         "generator.deploy serves the TGI protocol",
     ),
     (
+        "deployed generator whose prompt limit leaves no room for an answer",
+        _with(generator={"deploy": {"model": {"name": "m"}, "maxInputTokens": 2048, "maxTotalTokens": 2048}}),
+        "generator.deploy.maxInputTokens must be less than maxTotalTokens",
+    ),
+    (
         "template inline and by reference",
         _with(retrieval={"promptTemplate": "{context} {question}", "promptTemplateRef": {"name": "p", "key": "t"}}),
         "set promptTemplate or promptTemplateRef, not both",
