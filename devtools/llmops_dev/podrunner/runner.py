@@ -367,7 +367,7 @@ class Runner:
             pp.waiting = ("CrashLoopBackOff", f"exited with {code}; restarting")
             return
         pp.terminated = {
-            "exitCode": code,
+            "exitCode": code if code >= 0 else 128 - code,  # killed by signal N: 128+N, as a runtime reports
             "reason": "Completed" if code == 0 else ("Error" if code > 0 else "Killed"),
             "message": self._termination_message(pp, code),
             "startedAt": pp.started_at,
@@ -419,9 +419,21 @@ class Runner:
     async def _delete(self, pod: dict[str, Any], pp: PodProcess | None) -> None:
         meta = pod["metadata"]
         if pp is not None:
-            self.pods.pop(pp.uid, None)
             grace = float(meta.get("deletionGracePeriodSeconds", pp.grace_seconds))
-            await asyncio.get_running_loop().run_in_executor(None, self._stop, pp, grace)
+            code = await asyncio.get_running_loop().run_in_executor(None, self._stop, pp, grace)
+            # A kubelet reports the terminal phase before the object goes: the Job controller
+            # counts a pod (and applies podFailurePolicy to its exit code) only once it is terminal.
+            if pp.terminated is None and code is not None:
+                pp.proc = None
+                pp.terminated = {
+                    "exitCode": code if code >= 0 else 128 - code,
+                    "reason": "Completed" if code == 0 else "Error",
+                    "message": self._termination_message(pp, code),
+                    "startedAt": pp.started_at,
+                    "finishedAt": now(),
+                }
+                await self._report(pp, pod)
+            self.pods.pop(pp.uid, None)
         # The kubelet's last word: the containers are gone, the object can go.
         with contextlib.suppress(ApiError):
             await self.client.request(
@@ -431,17 +443,20 @@ class Runner:
             )  # fmt: skip
 
     @staticmethod
-    def _stop(pp: PodProcess, grace: float) -> None:
-        if pp.proc is None or pp.proc.poll() is not None:
-            return
+    def _stop(pp: PodProcess, grace: float) -> int | None:
+        """SIGTERM, up to the grace period, then SIGKILL; the exit status (None: nothing ran)."""
+        if pp.proc is None:
+            return None
+        if pp.proc.poll() is not None:
+            return pp.proc.returncode
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pp.proc.pid, signal.SIGTERM)
         try:
-            pp.proc.wait(timeout=max(1.0, grace))
+            return pp.proc.wait(timeout=max(1.0, grace))
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pp.proc.pid, signal.SIGKILL)
-            pp.proc.wait()
+            return pp.proc.wait()
 
     def _kill(self, pp: PodProcess, wait: bool = True) -> None:
         if pp.proc is not None and pp.proc.poll() is None:
