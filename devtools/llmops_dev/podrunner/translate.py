@@ -119,30 +119,23 @@ def _env_value(pod: Mapping[str, Any], item: Mapping[str, Any], pod_ip: str, loo
 
 
 def _volume_files(volume: Mapping[str, Any], target: Path, lookups: Lookups) -> dict[Path, bytes]:
-    files: dict[Path, bytes] = {}
+    """The files a configMap or secret volume holds (keys or ``items``), by local path."""
     if "configMap" in volume:
-        ref = volume["configMap"]
-        data = lookups.config_map(ref["name"])
-        if data is None:
-            if ref.get("optional"):
-                return files
-            raise NotReadyYet(f"configmap {ref['name']!r} not found")
-        items = ref.get("items") or [{"key": k, "path": k} for k in data]
-        for item in items:
-            if item["key"] in data:
-                files[target / item["path"]] = str(data[item["key"]]).encode()
+        ref, name, kind = volume["configMap"], volume["configMap"]["name"], "configmap"
+        raw = lookups.config_map(name)
+        data = None if raw is None else {k: str(v).encode() for k, v in raw.items()}
     elif "secret" in volume:
-        ref = volume["secret"]
-        secret = lookups.secret(ref["secretName"])
-        if secret is None:
-            if ref.get("optional"):
-                return files
-            raise NotReadyYet(f"secret {ref['secretName']!r} not found")
-        items = ref.get("items") or [{"key": k, "path": k} for k in secret]
-        for item in items:
-            if item["key"] in secret:
-                files[target / item["path"]] = base64.b64decode(secret[item["key"]])
-    return files
+        ref, name, kind = volume["secret"], volume["secret"]["secretName"], "secret"
+        raw = lookups.secret(name)
+        data = None if raw is None else {k: base64.b64decode(v) for k, v in raw.items()}
+    else:
+        return {}
+    if data is None:
+        if ref.get("optional"):
+            return {}
+        raise NotReadyYet(f"{kind} {name!r} not found")
+    items = ref.get("items") or [{"key": k, "path": k} for k in data]
+    return {target / item["path"]: data[item["key"]] for item in items if item["key"] in data}
 
 
 def translate(
