@@ -49,6 +49,11 @@ def test_quickstart_serves_a_streamed_answer_then_down_stops_everything() -> Non
         runner = json.loads((Path(state.root) / "runner" / "runner.json").read_text())
         pod_pids = [p["pid"] for p in runner["pods"].values() if p["pid"]]
         assert pod_pids and all(controlplane.pid_alive(p) for p in pod_pids)
+        # kubectl logs goes API server -> the runner's kubelet endpoint -> the process's output.
+        logs = controlplane.kubectl(state, "logs", "deploy/minilm", "--tail=3").splitlines()
+        assert len(logs) == 3 and all(json.loads(line)["level"] for line in logs), logs
+        job_logs = controlplane.kubectl(state, "logs", "job/minilm-handbook")
+        assert "resumed from checkpoint" not in job_logs and '"output written"' in job_logs, job_logs[-2000:]
 
         again = subprocess.run(cli, capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from llmops_dev.podrunner.kubeletapi import tail
 from llmops_dev.podrunner.runner import PodProcess, loopback, pod_status
 from llmops_dev.podrunner.translate import Lookups, NotReadyYet, PathMap, translate
 from llmops_operator.api.embedding import EmbeddingServiceSpec
@@ -135,3 +136,9 @@ def test_pod_status_follows_the_process(tmp_path: Path) -> None:
     assert status["phase"] == "Failed" and status["podIP"] == "127.1.0.4"
     assert status["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 42
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "False"
+
+
+def test_tail_keeps_the_last_lines() -> None:
+    assert tail(b"a\nb\nc\n", 2) == b"b\nc\n"
+    assert tail(b"a\nb\nc", 5) == b"a\nb\nc"
+    assert tail(b"a\n", 0) == b""

@@ -7,7 +7,7 @@ loopback address of its own.
 It is what lets the quickstart's pods really serve: the operator's Deployments, Services and
 Jobs are the same objects a real cluster gets. What a real node does and this runner does not:
 images (the container's command runs with this machine's Python), resource limits, security
-contexts, network policies, ``kubectl logs``/``exec`` (logs are files under the runner's folder).
+contexts, network policies, ``kubectl exec``. ``kubectl logs`` works (``kubeletapi.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from llmops_operator.kube.client import ApiError, Client
 from llmops_operator.kube.credentials import from_kubeconfig
 
 from ..cluster.controlplane import _die_with_parent as die_with_parent
+from . import kubeletapi
 from .translate import LocalProcess, Lookups, NotReadyYet, translate
 
 log = logging.getLogger("llmops.podrunner")
@@ -71,14 +72,17 @@ def node_object(name: str) -> dict[str, Any]:
     }
 
 
-def node_status(name: str) -> dict[str, Any]:
+def node_status(name: str, kubelet_port: int) -> dict[str, Any]:
     # The capacity is nominal: local processes share this machine and limits are not enforced.
     capacity = {"cpu": "64", "memory": "256Gi", "pods": "110", "ephemeral-storage": "500Gi"}
     stamp = now()
     return {
         "capacity": capacity,
         "allocatable": capacity,
-        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
+        # Only an IP: the API server reaches a kubelet (kubectl logs) at the first address type it
+        # prefers, and a Hostname would need DNS.
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "conditions": [
             {
                 "type": "Ready",
@@ -133,7 +137,8 @@ class PodProcess:
 
 
 class Runner:
-    def __init__(self, kubeconfig: str, root: Path, node: str, node_env: dict[str, str]) -> None:
+    def __init__(self, kubeconfig: str, root: Path, node: str, node_env: dict[str, str], kubelet_port: int = 0) -> None:
+        self.kubelet_port = kubelet_port
         self.client = Client(from_kubeconfig(kubeconfig), timeout=10)
         self.root = root
         self.node = node
@@ -156,10 +161,9 @@ class Runner:
         except ApiError as exc:
             if exc.status != 409:
                 raise
-        await self.client.request(
-            "patch", "PATCH", f"/api/v1/nodes/{self.node}/status", body={"status": node_status(self.node)},
-            content_type=STRATEGIC,
-        )  # fmt: skip
+        status = node_status(self.node, self.kubelet_port)
+        path = f"/api/v1/nodes/{self.node}/status"
+        await self.client.request("patch", "PATCH", path, body={"status": status}, content_type=STRATEGIC)
 
     async def heartbeat(self) -> None:
         """Renew the node's Lease (how the node lifecycle controller knows it is alive)."""
@@ -525,6 +529,15 @@ class Runner:
             return
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
+    def container_log(self, namespace: str, pod: str, container: str) -> tuple[Path, Callable[[], bool]] | None:
+        """For ``kubectl logs``: the container's log file and whether it is still being written."""
+        key = (namespace, pod, container)
+        found = [pp for pp in self.pods.values() if (pp.namespace, pp.name, pp.container) == key]
+        if not found:
+            return None
+        pp = found[0]
+        return pp.log_path, lambda: pp.proc is not None and pp.uid in self.pods
+
     # -- the loop --------------------------------------------------------------------------------
 
     def write_state(self) -> None:
@@ -548,6 +561,9 @@ class Runner:
 
     async def run(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        kubelet = None
+        if self.kubelet_port:
+            kubelet = await kubeletapi.serve(self.container_log, self.root / "pki", self.kubelet_port)
         await self.register()
         beat = asyncio.create_task(self.heartbeat())
         try:
@@ -562,6 +578,8 @@ class Runner:
                 await asyncio.sleep(TICK)
         finally:
             beat.cancel()
+            if kubelet is not None:
+                await kubelet.cleanup()
             for pp in self.pods.values():
                 self._kill(pp)
             await self.client.close()
@@ -638,7 +656,9 @@ def main(argv: list[str] | None = None) -> int:
     node_env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     if args.hub_cache:
         node_env["HF_HUB_CACHE"] = args.hub_cache
-    runner = Runner(args.kubeconfig, Path(args.root), args.node, node_env)
+    from ..cluster.controlplane import free_port
+
+    runner = Runner(args.kubeconfig, Path(args.root), args.node, node_env, kubelet_port=free_port())
     loop = asyncio.new_event_loop()
     task = loop.create_task(runner.run())
     for sig in (signal.SIGTERM, signal.SIGINT):
