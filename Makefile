@@ -79,6 +79,10 @@ bench-embedding: bench-deps
 bench-operator: binaries
 	$(PY) benchmarks/operator_reconcile.py
 
+# 1,000 EmbeddingServices at once, the operator as shipped against its earlier concurrency.
+bench-scale: binaries
+	$(PY) benchmarks/operator_scale.py
+
 bench-retrieval: install
 	$(PY) benchmarks/retrieval_quality.py
 

@@ -36,7 +36,9 @@ class OperatorProcess:
     def log_path(self) -> Path:
         return self.log_dir / f"operator-{self.starts}.log"
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Start the operator; with ``wait``, until its caches are synced (``/healthz`` says so).
+        Without, return at once (a fault test that kills it again at any point of its start-up)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
         self.metrics_port, self.health_port = free_port(), free_port()
@@ -58,7 +60,17 @@ class OperatorProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 60
+        if wait:
+            self.wait_healthy()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Until ``/healthz`` says the caches are synced; fails if the operator exits."""
+        assert self.proc is not None, "not started"
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(

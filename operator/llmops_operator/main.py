@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -43,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int, default=int(os.environ.get("LLMOPS_METRICS_PORT", "8000")))
     p.add_argument("--health-port", type=int, default=int(os.environ.get("LLMOPS_HEALTH_PORT", "8080")))
     p.add_argument("--bind-address", default=os.environ.get("LLMOPS_BIND_ADDRESS", "0.0.0.0"))  # noqa: S104
-    p.add_argument("--workers", type=int, default=4, help="Reconciles run at once.")
+    # Reconciles mostly wait on the API server, so more of them in flight finish a burst of
+    # creates sooner (docs/reliability.md, "Scale: 1,000 EmbeddingServices").
+    p.add_argument("--workers", type=int, default=16, help="Reconciles run at once.")
     p.add_argument(
         "--resync-seconds",
         type=float,
@@ -60,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class RetryForever:
+    """kopf's ``error_backoffs``: 0.5 s, 1 s, then every 2 s, never giving up (an iterable, not an
+    iterator: kopf iterates it afresh for every request)."""
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((0.5, 1.0), itertools.repeat(2.0))
+
+
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # Watches can stall silently behind proxies and load balancers (kopf #585, #810): ask the
     # server to end every watch after a while, and give up on a silent connection client-side.
@@ -67,6 +79,11 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
+    # An API server (or its etcd) that is down for a while: kopf retries a failed request with
+    # these backoffs and then escalates the error, which ends a watch-stream for good when it is
+    # a 5xx (etcd down). Retry every request for ever, at most a few seconds apart, so that
+    # the watches resume within seconds of the API server's return, however long it was away.
+    settings.networking.error_backoffs = RetryForever()
     # kopf would post its log lines as Events (writes); our reconcilers post their own. (Only raw
     # on.event handlers are registered, so kopf keeps no state on the user's objects either.)
     settings.posting.enabled = False

@@ -32,7 +32,8 @@ import yaml
 from . import build, pki
 from .nodes import default_nodes
 
-SERVICE_CIDR = "10.0.0.0/24"
+# A /16: room for thousands of Services (the scale benchmark makes one per EmbeddingService).
+SERVICE_CIDR = "10.0.0.0/16"
 KUBERNETES_SERVICE_IP = "10.0.0.1"
 POD_CIDR = "10.244.0.0/16"
 OPERATOR_USER = "llmops-operator"
@@ -43,6 +44,8 @@ AUDIT_POLICY = {
     "omitStages": ["RequestReceived"],
     "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}],
 }
+# The controller-manager's and scheduler's client-side rate limits (defaults 20/30 and 50/100).
+CLIENT_RATE_LIMITS = ("--kube-api-qps=500", "--kube-api-burst=1000")
 START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
@@ -62,6 +65,9 @@ class ClusterState:
     bin_dir: str
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    # The command line of each process, so that one can be stopped and started again as it was
+    # (fault tests: the API server or etcd down for a while).
+    commands: dict[str, list[str]] = field(default_factory=dict)
     # A test session's pid: when it is gone, the cluster is stale and may be reaped.
     owner_pid: int | None = None
     started_seconds: float = 0.0
@@ -230,6 +236,7 @@ class _Launcher:
         log.close()
         self.procs[name] = proc
         self.state.pids[name] = proc.pid
+        self.state.commands[name] = list(args)
         _save_state(self.state)
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
@@ -263,10 +270,15 @@ def up(
     nodes: list[dict[str, Any]] | None = None,
     timeout: float = 120.0,
     verbose: bool = True,
+    controller_manager_args: tuple[str, ...] = (),
 ) -> ClusterState:
     """Start a cluster (building the binaries first when they are not cached).
 
     ``die_with_parent`` ties every process to the caller's life (for test sessions).
+    ``controller_manager_args`` are added to kube-controller-manager's command line (e.g. a
+    longer ``--node-monitor-grace-period`` for a cluster whose API server a test stops: kwok
+    renews node leases slowly after an outage, and never marks pods Ready again that the node
+    controller marked NotReady meanwhile, as a real kubelet would).
     """
     existing = load_state(name)
     if existing is not None and existing.pids and all(pid_alive(p) for p in existing.pids.values()):
@@ -342,7 +354,19 @@ def up(
     _save_state(state)
     launcher = _Launcher(state, die_with_parent)
     try:
-        _start_all(launcher, binaries, ports, pki_dir, ca.pair, serving, sa, kubeconfigs, admin, timeout)
+        _start_all(
+            launcher,
+            binaries,
+            ports,
+            pki_dir,
+            ca.pair,
+            serving,
+            sa,
+            kubeconfigs,
+            admin,
+            timeout,
+            controller_manager_args,
+        )
         _bootstrap(state, ca.pair.cert, admin, nodes if nodes is not None else default_nodes(), timeout)
     except BaseException:
         down(name)
@@ -363,6 +387,7 @@ def _start_all(
     kubeconfigs: dict[str, tuple[Path, str, pki.CertPair]],
     admin: pki.CertPair,
     timeout: float,
+    controller_manager_args: tuple[str, ...] = (),
 ) -> None:
     root = launcher.state.root_path
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
@@ -442,6 +467,11 @@ def _start_all(
             f"--cluster-signing-key-file={ca.key}",
             "--cluster-name=llmops-local",
             "--profiling=false",
+            # client-go's default client-side limit (20 requests/s) makes a burst of Deployments
+            # wait on the controller-manager rather than on the API server: a local cluster has
+            # one client of each kind, so let them go as fast as the API server answers.
+            *CLIENT_RATE_LIMITS,
+            *controller_manager_args,
         ],
     )
     sched_config = kubeconfigs["kube-scheduler"][0]
@@ -456,6 +486,7 @@ def _start_all(
             f"--secure-port={ports['kube-scheduler']}",
             "--leader-elect=false",
             "--profiling=false",
+            *CLIENT_RATE_LIMITS,
         ],
     )
     launcher.start(
@@ -491,6 +522,64 @@ def start_process(state: ClusterState, name: str, args: list[str], env: dict[str
     pid is recorded in the cluster's state, so ``down`` stops it with everything else."""
     launcher = _Launcher(state, die_with_parent=False)
     launcher.start(name, args, env)
+    return state.pids[name]
+
+
+def stop_process(state: ClusterState, name: str, sig: signal.Signals = signal.SIGTERM, grace: float = 20.0) -> None:
+    """Stop one process of the cluster (with its process group), e.g. the API server or etcd for
+    a fault test; ``start_again`` brings it back with the same command line, ports and files."""
+    pid = state.pids.get(name)
+    if pid is None:
+        raise ClusterError(f"cluster {state.name!r} has no process {name!r}")
+    _signal_group(pid, sig)
+    deadline = time.monotonic() + grace
+    while pid_alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.05)
+    if pid_alive(pid):
+        _signal_group(pid, signal.SIGKILL)
+        killed = time.monotonic() + 5
+        while pid_alive(pid) and time.monotonic() < killed:
+            _reap(pid)
+            time.sleep(0.02)
+    _reap(pid)
+    if pid_alive(pid):
+        raise ClusterError(f"{name} (pid {pid}) did not stop")
+
+
+def start_again(state: ClusterState, name: str, *, die_with_parent: bool | None = None, timeout: float = 120.0) -> int:
+    """Start a stopped process of the cluster again, exactly as it was started (same arguments,
+    ports, certificates and data directory; its log is appended to), and wait until it serves:
+    etcd answers /health, the API server /readyz; the others are only checked to be running.
+
+    ``die_with_parent`` defaults to whether the caller owns the cluster (``running``)."""
+    args = state.commands.get(name)
+    if not args:
+        raise ClusterError(f"cluster {state.name!r} has no recorded command for {name!r}")
+    pid = state.pids.get(name)
+    if pid is not None and pid_alive(pid):
+        raise ClusterError(f"{name} is still running (pid {pid})")
+    if die_with_parent is None:
+        die_with_parent = state.owner_pid == os.getpid()
+    launcher = _Launcher(state, die_with_parent)
+    launcher.start(name, args)
+    pki_dir = state.root_path / "pki"
+    if name == "etcd":
+        url = f"http://127.0.0.1:{state.ports['etcd']}/health"
+        wait_until(
+            "etcd", lambda: launcher.alive(name) and _get(url)[0] == 200, timeout, lambda: launcher.log_tail(name)
+        )
+    elif name == "kube-apiserver":
+        ctx = _tls_context(pki_dir / "ca.crt", pki.CertPair(pki_dir / "admin.crt", pki_dir / "admin.key"))
+        wait_until(
+            "kube-apiserver /readyz",
+            lambda: launcher.alive(name) and _get(f"{state.server}/readyz", ctx)[0] == 200,
+            timeout,
+            lambda: launcher.log_tail(name),
+        )
+    else:
+        time.sleep(0.5)
+        launcher.alive(name)
     return state.pids[name]
 
 

@@ -132,6 +132,11 @@ class Client:
                         data,
                     )
                 return data
+        except aiohttp.ClientError as exc:
+            # Some of aiohttp's connection errors are not OSErrors (ServerDisconnectedError: a
+            # pooled keep-alive connection to an API server that has restarted). Callers treat
+            # OSError as "temporary, retry": an API server that went away must be no different.
+            raise ConnectionError(f"{method} {path}: {exc!r}") from exc
         finally:
             API_REQUESTS.labels(verb=verb, code=status_label).inc()
 

@@ -28,6 +28,7 @@ from .workqueue import WorkQueue
 
 log = logging.getLogger("llmops.controller")
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+COUNT_INTERVAL = 1.0  # seconds between two counts of objects by Ready (the llmops_operator_objects gauge)
 
 Reconcile = Callable[[Context, Key], Awaitable[Result]]
 ReportError = Callable[[Context, Key, PermanentError | TemporaryError], Awaitable[None]]
@@ -70,6 +71,10 @@ class Controller:
         self.resync_seconds = resync_seconds
         self.synced = asyncio.Event()
         self._fine_tune_seen: dict[Key, tuple[Any, Any]] = {}  # (phase, output) by FineTuneJob
+        # The objects-by-Ready gauge needs a pass over every object: counted at most every
+        # COUNT_INTERVAL seconds when something changed, not after every reconcile (which made a
+        # burst of N creates cost O(N^2)).
+        self._counts_stale = True
 
     # -- kopf handlers ---------------------------------------------------------------------
 
@@ -106,7 +111,7 @@ class Controller:
             else:
                 self._fine_tune_seen[key] = result
         if event.get("type") == "DELETED":
-            self._count_conditions()
+            self._counts_stale = True
 
     def _enqueue_dependents(self, service: Key) -> None:
         """RAGPipelines that use this EmbeddingService learn of its changes (Ready, endpoint)."""
@@ -174,6 +179,7 @@ class Controller:
                 log.warning("cache sync failed; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(2)
         tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
+        tasks.append(asyncio.create_task(self._publish_counts()))
         if self.resync_seconds > 0:
             tasks.append(asyncio.create_task(self._resync()))
         await asyncio.gather(*tasks)
@@ -235,13 +241,20 @@ class Controller:
                 self.queue.add_after(key, result.requeue_after)
         finally:
             RECONCILE_DURATION.labels(kind=key.kind).observe(time.monotonic() - started)
-            self._count_conditions()
+            self._counts_stale = True
 
     async def _report(self, kind: Kind, key: Key, exc: PermanentError | TemporaryError) -> None:
         try:
             await kind.report_error(self.ctx, key, exc)
         except (ApiError, OSError) as report_exc:
             log.warning("could not write the error into status", extra={"key": key, "error": str(report_exc)})
+
+    async def _publish_counts(self) -> None:
+        while True:
+            if self._counts_stale:
+                self._counts_stale = False
+                self._count_conditions()
+            await asyncio.sleep(COUNT_INTERVAL)
 
     def _count_conditions(self) -> None:
         for kind in KINDS:

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..common.http import key_is_valid, presented_key, watch_disconnect
@@ -56,7 +57,7 @@ class ServerState(Lifecycle):
 class EmbeddingsRequest(BaseModel):
     """OpenAI's embeddings request (plus ``truncate``, an llmops extension)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: JSON true is no integer
 
     input: str | list[str] | list[int] | list[list[int]]
     model: str | None = Field(None, max_length=512)
@@ -69,7 +70,7 @@ class EmbeddingsRequest(BaseModel):
 class TeiEmbedRequest(BaseModel):
     """TEI's /embed request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: JSON true is no integer
 
     inputs: str | list[str]
     normalize: bool = True
@@ -139,6 +140,14 @@ def create_app(state: ServerState) -> FastAPI:
         where = ".".join(str(p) for p in first["loc"] if p != "body")
         message = f"{where}: {first['msg']}" if where else str(first["msg"])
         return error_response(request, ApiError(422, message, param=where or None))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that is not JSON, an unknown path, a wrong method) in
+        # the caller's dialect, not as {"detail": ...}.
+        err = ApiError(exc.status_code, str(exc.detail))
+        err.headers.update(exc.headers or {})
+        return error_response(request, err)
 
     def check_auth(request: Request) -> None:
         if state.api_keys and not key_is_valid(presented_key(request), state.api_keys):

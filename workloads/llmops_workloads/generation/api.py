@@ -22,6 +22,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from .. import __version__
@@ -128,6 +129,14 @@ def create_app(state: ServerState) -> FastAPI:
         where = ".".join(str(p) for p in first["loc"] if p != "body")
         message = f"{where}: {first['msg']}" if where else str(first["msg"])
         return error_response(request, ApiError(422, message, where or None))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that is not JSON, an unknown path, a wrong method) in
+        # the caller's dialect, not as {"detail": ...}.
+        err = ApiError(exc.status_code, str(exc.detail))
+        err.headers.update(exc.headers or {})
+        return error_response(request, err)
 
     def check_auth(request: Request) -> None:
         """A route dependency: it runs before the body is validated (no hints for strangers)."""

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
+# Below this, a temperature or a repetition penalty divides float32 logits into infinities (and the
+# softmax into NaN): a temperature this small is already greedy, a penalty this small is clamped.
+MIN_DIVISOR = 1e-4
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -33,12 +37,13 @@ def make_generator(params: SamplingParams, device: torch.device) -> torch.Genera
 def _penalise(row: torch.Tensor, seen: torch.Tensor, penalty: float) -> None:
     """CTRL's repetition penalty (as transformers and TGI apply it): tokens already in the
     sequence get their logit divided by the penalty when positive, multiplied when negative."""
+    penalty = max(penalty, MIN_DIVISOR)
     scores = row[seen]
     row[seen] = torch.where(scores < 0, scores * penalty, scores / penalty)
 
 
 def _warp(row: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    row = row / params.temperature
+    row = row / max(params.temperature, MIN_DIVISOR)
     vocab = row.shape[-1]
     if 0 < params.top_k < vocab:
         kth = torch.topk(row, params.top_k).values[-1]
@@ -67,6 +72,10 @@ def choose(
             _penalise(scores[i], seen[i], p.repetition_penalty)  # type: ignore[arg-type]
         if p.do_sample:
             scores[i] = _warp(scores[i], p)
+    # A huge penalty or temperature can still overflow a row: infinities become the largest finite
+    # value, so that one client's parameters never turn its batch's softmax into NaN.
+    big = torch.finfo(scores.dtype).max
+    scores = torch.nan_to_num(scores, nan=-big, posinf=big, neginf=float("-inf"))
     logprobs = torch.log_softmax(scores, dim=-1)
     tokens = logprobs.argmax(dim=-1)
     for i, p in enumerate(params):

@@ -20,7 +20,7 @@ from .validation import Limits, ValidationFailed, check_stops, fit_lengths, samp
 
 
 class GenerateParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: JSON true is no integer
 
     adapter_id: str | None = None
     best_of: int | None = None
@@ -46,7 +46,7 @@ class GenerateParameters(BaseModel):
 class GenerateRequest(BaseModel):
     """``/generate`` and ``/generate_stream``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: JSON true is no integer
 
     inputs: str
     parameters: GenerateParameters = GenerateParameters()

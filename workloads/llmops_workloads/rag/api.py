@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,15 +22,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from .. import __version__
 from ..common.http import key_is_valid, presented_key, watch_disconnect
 from ..common.serving import Lifecycle
 from .config import RagServerConfig
 from .documents import MAX_DOC_ID, from_text
-from .errors import ClientError, ConfigError, DependencyUnavailable
+from .errors import ClientError, ConfigError, DependencyUnavailable, Overloaded
 from .filters import FilterError
+from .metrics import OVERLOADED
 from .service import RagService, source
 
 log = logging.getLogger("llmops.rag.api")
@@ -51,6 +55,45 @@ class RagState(Lifecycle):
     cfg: RagServerConfig = field(kw_only=True)
     service: RagService | None = None
     readiness: tuple[float, dict[str, bool]] | None = None
+    in_flight: int = 0  # admitted requests not yet answered (streams until their last event)
+
+
+class Admission:
+    """At most ``limit`` requests in flight; beyond that, ``Overloaded`` (429) at once: the
+    server never queues without bound, so memory stays flat however hard it is driven."""
+
+    def __init__(self, state: RagState, limit: int) -> None:
+        self.state, self.limit = state, limit
+
+    def enter(self) -> Callable[[], None]:
+        """Take a slot; the returned function gives it back (once, however often it is called)."""
+        if self.state.in_flight >= self.limit:
+            OVERLOADED.inc()
+            raise Overloaded(f"{self.state.in_flight} requests in flight (limit {self.limit}); retry later")
+        self.state.in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.state.in_flight -= 1
+
+        return release
+
+
+class _StreamHoldingSlot(StreamingResponse):
+    """A stream that gives its admission slot back when it ends, however it ends."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=_SSE_HEADERS)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
 
 
 def error_body(route: str, status: int, message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
@@ -61,7 +104,7 @@ def error_body(route: str, status: int, message: str, kind: str = "invalid_reque
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # strict: JSON true is no integer
 
 
 class RetrieveRequest(_Request):
@@ -86,6 +129,37 @@ class IngestDocument(_Request):
     format: Literal["text", "markdown", "html"] = "text"
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("metadata")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_json(value, "metadata")
+        return value
+
+
+def _check_json(value: Any, where: str) -> None:
+    """What Milvus' JSON field stores: 64-bit integers, finite numbers, valid UTF-8. Anything else
+    is the client's mistake (422), not a failed write (5xx)."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"{where}: integer out of the 64-bit range")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: numbers must be finite")
+    elif isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"{where}: not valid UTF-8 (a lone surrogate)") from None
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(key, f"{where} key")
+            _check_json(item, f"{where}.{key}")
+
 
 class IngestRequest(_Request):
     documents: list[IngestDocument] = Field(min_length=1)
@@ -98,6 +172,7 @@ def create_app(state: RagState) -> FastAPI:
     cfg = state.cfg
     app = FastAPI(title="llmops RAG server", version=__version__, docs_url=None, redoc_url=None)
     retry_after = {"Retry-After": str(cfg.server.retry_after_seconds)}
+    admission = Admission(state, cfg.limits.max_concurrent_requests)
 
     def fail(status: int, message: str, kind: str, param: str | None = None, **extra: Any) -> JSONResponse:
         body = {"error": {"message": message, "type": kind, "param": param, **extra}}
@@ -107,6 +182,10 @@ def create_app(state: RagState) -> FastAPI:
     @app.exception_handler(ClientError)
     async def _client_error(_: Request, exc: ClientError) -> JSONResponse:
         return fail(exc.status, exc.message, "invalid_request_error", exc.param)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        return fail(429, str(exc), "overloaded")
 
     @app.exception_handler(FilterError)
     async def _filter_error(_: Request, exc: FilterError) -> JSONResponse:
@@ -123,6 +202,14 @@ def create_app(state: RagState) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"] if p != "body")
         return fail(422, f"{where}: {first['msg']}" if where else str(first["msg"]), "invalid_request_error", where)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that is not JSON, an unknown path, a wrong method) in
+        # this server's error shape, not as {"detail": ...}.
+        response = fail(exc.status_code, str(exc.detail), "invalid_request_error")
+        response.headers.update(exc.headers or {})
+        return response
 
     def guard(request: Request) -> RagService:
         if state.api_keys and not key_is_valid(presented_key(request), state.api_keys):
@@ -157,7 +244,11 @@ def create_app(state: RagState) -> FastAPI:
         service = guard(request)
         k = check_query(body.query, body.top_k)
         started = time.monotonic()
-        result = await service.retrieve(body.query, k, body.filter, body.distinct_documents)
+        release = admission.enter()
+        try:
+            result = await service.retrieve(body.query, k, body.filter, body.distinct_documents)
+        finally:
+            release()
         snippet = cfg.retrieval.snippet_chars
         payload = {
             "sources": [source(h, snippet) for h in result.hits],
@@ -171,23 +262,31 @@ def create_app(state: RagState) -> FastAPI:
         k = check_query(body.query, body.top_k)
         if not service.generator.configured:
             raise DependencyUnavailable("generator", "no generator is configured (generator.url): use /v1/retrieve")
-        events = service.answer(body.query, k, body.filter, body.max_new_tokens, body.temperature)
-        if not stream:
-            collected = asyncio.ensure_future(_collect(events))
-            result = await until_disconnect(request, collected)
-            return Response(orjson.dumps(result), media_type="application/json")
-        # Fetch the sources and the first token before answering, so that Milvus or the generator
-        # being down is a 503, not a 200 followed by an error event.
-        head: list[dict[str, Any]] = []
+        release = admission.enter()
+        handed_over = False  # a stream gives its slot back when it ends
         try:
-            head.append(await anext(events))
-            head.append(await anext(events))
-        except StopAsyncIteration:
-            pass
-        except BaseException:
-            await events.aclose()
-            raise
-        return StreamingResponse(_sse(head, events), media_type="text/event-stream", headers=_SSE_HEADERS)
+            events = service.answer(body.query, k, body.filter, body.max_new_tokens, body.temperature)
+            if not stream:
+                collected = asyncio.ensure_future(_collect(events))
+                result = await until_disconnect(request, collected)
+                return Response(orjson.dumps(result), media_type="application/json")
+            # Fetch the sources and the first token before answering, so that Milvus or the generator
+            # being down is a 503, not a 200 followed by an error event.
+            head: list[dict[str, Any]] = []
+            try:
+                head.append(await anext(events))
+                head.append(await anext(events))
+            except StopAsyncIteration:
+                pass
+            except BaseException:
+                await events.aclose()
+                raise
+            response = _StreamHoldingSlot(_sse(head, events), release)
+            handed_over = True
+            return response
+        finally:
+            if not handed_over:
+                release()
 
     @app.post("/v1/query")
     async def query(body: QueryRequest, request: Request) -> Response:
@@ -220,7 +319,11 @@ def create_app(state: RagState) -> FastAPI:
                 raise ClientError(422, f"documents[{i}].text must not be empty", "documents")
             docs.append(from_text(d.id, d.text, d.format, d.metadata))
         # Ingestion is not cancelled when the client leaves: a half-written document is worse.
-        summary = await service.ingestor.ingest(docs)
+        release = admission.enter()
+        try:
+            summary = await service.ingestor.ingest(docs)
+        finally:
+            release()
         return Response(orjson.dumps(summary.as_dict()), media_type="application/json")
 
     @app.delete("/v1/documents/{doc_id:path}")
@@ -228,7 +331,11 @@ def create_app(state: RagState) -> FastAPI:
         service = guard(request)
         if len(doc_id) > MAX_DOC_ID:
             raise ClientError(422, f"document ids are at most {MAX_DOC_ID} characters", "doc_id")
-        deleted = await service.ingestor.delete(doc_id)
+        release = admission.enter()
+        try:
+            deleted = await service.ingestor.delete(doc_id)
+        finally:
+            release()
         if not deleted:
             raise ClientError(404, f"no document {doc_id!r}", "doc_id")
         return Response(orjson.dumps({"doc_id": doc_id, "deleted_chunks": deleted}), media_type="application/json")

@@ -129,6 +129,9 @@ class LimitsConfig(Section):
     max_documents_per_request: int = Field(256, ge=1)
     max_document_chars: int = Field(1_000_000, ge=1)
     max_filter_conditions: int = Field(32, ge=1)
+    max_concurrent_requests: int = Field(
+        256, ge=1, description="Queries, retrievals and ingestions in flight (streams until their end); beyond: 429."
+    )
 
 
 class RagServerConfig(FileSettings):

@@ -22,3 +22,7 @@ class DependencyUnavailable(Exception):
 
 class ConfigError(Exception):
     """The deployment is wrong (e.g. the collection's dimension differs from the model's)."""
+
+
+class Overloaded(Exception):
+    """limits.maxConcurrentRequests requests are in flight: answered 429 with Retry-After."""

@@ -58,7 +58,10 @@ def literal(value: Any, where: str) -> str:
         return repr(value)
     if isinstance(value, str):
         try:
+            value.encode()
             return quote(value)
+        except UnicodeEncodeError:
+            raise FilterError(f"{where}: not valid UTF-8 (a lone surrogate)") from None
         except FilterError as exc:
             raise FilterError(f"{where}: {exc}") from None
     raise FilterError(f"{where}: expected a string, number or boolean, got {type(value).__name__}")

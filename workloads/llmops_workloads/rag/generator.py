@@ -58,7 +58,13 @@ class Generator:
         self, prompt: Prompt, max_new_tokens: int, temperature: float | None = None
     ) -> AsyncGenerator[Delta]:
         from huggingface_hub import AsyncInferenceClient
-        from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            InferenceTimeoutError,
+            OverloadedError,
+            TextGenerationError,
+            ValidationError,
+        )
 
         if not self.cfg.url:
             raise DependencyUnavailable("generator", "no generator is configured (generator.url)")
@@ -81,6 +87,15 @@ class Generator:
             if status in (400, 413, 422):
                 raise DependencyUnavailable("generator", f"refused the request: {detail}", status=502) from None
             raise DependencyUnavailable("generator", f"HTTP {status}: {detail}") from None
+        except TextGenerationError as exc:
+            # An error event in the generator's stream (TGI's error_type): the generator answered,
+            # and failed or refused; overload is retryable, the rest are its own failures.
+            DEPENDENCY_ERRORS.labels(dependency="generator").inc()
+            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            if isinstance(exc, OverloadedError):
+                raise DependencyUnavailable("generator", f"overloaded: {detail}") from None
+            what = "refused the request" if isinstance(exc, ValidationError) else "failed"
+            raise DependencyUnavailable("generator", f"{what}: {detail}", status=502) from None
         except (OSError, httpx.HTTPError) as exc:
             DEPENDENCY_ERRORS.labels(dependency="generator").inc()
             raise DependencyUnavailable("generator", f"unreachable ({type(exc).__name__})") from None

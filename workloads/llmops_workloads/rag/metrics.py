@@ -21,3 +21,6 @@ INGESTED_CHUNKS = Counter("llmops_rag_ingested_chunks_total", "Chunks embedded a
 DELETED_CHUNKS = Counter("llmops_rag_deleted_chunks_total", "Chunks deleted (stale or by request)")
 GENERATED_TOKENS = Counter("llmops_rag_generated_tokens_total", "Answer tokens received from the generator")
 CANCELLED = Counter("llmops_rag_cancelled_queries_total", "Streamed answers whose client went away")
+OVERLOADED = Counter(
+    "llmops_rag_overload_rejections_total", "Requests answered 429 because limits.maxConcurrentRequests were in flight"
+)
