@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,12 +27,30 @@ from llmops_dev.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "scale"
-# Operator arguments of each mode: "llmops" is the operator as shipped; "workers-4" has the
-# concurrency it had before the scale work (docs/reliability.md, "Scale: 1,000 EmbeddingServices").
-MODES: dict[str, tuple[str, ...]] = {
-    "workers-4": ("--workers=4",),
-    "llmops": (),
+# Each mode: (operator arguments, the git revision whose operator source runs, or None for this
+# tree). "llmops" is the operator as shipped; "before" is the operator as it was before the scale
+# work (4 workers, the objects gauge recounted after every reconcile, an Event for every new
+# object's first Ready=False, Python's default garbage-collector thresholds), run from that
+# commit's own source; "workers-4" is today's operator with the old concurrency.
+BEFORE_REV = "553fa88"
+MODES: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "before": ((), BEFORE_REV),
+    "workers-4": (("--workers=4",), None),
+    "llmops": ((), None),
 }
+
+
+def operator_source(rev: str | None) -> dict[str, str]:
+    """The environment that runs the operator of ``rev`` (its source, exported from git, first
+    on PYTHONPATH); empty for this tree."""
+    if rev is None:
+        return {}
+    target = Path(tempfile.mkdtemp(prefix=f"llmops-operator-{rev}-"))
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "operator/llmops_operator"], check=True, capture_output=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return {"PYTHONPATH": str(target / "operator")}
 
 
 def emb(name: str) -> dict[str, Any]:
@@ -92,13 +111,17 @@ def established(state: controlplane.ClusterState) -> bool:
     return bool(pairs) and all(p.endswith("=True") for p in pairs)
 
 
-def run_mode(label: str, args: tuple[str, ...], count: int, idle: float, timeout: float) -> dict[str, Any]:
+def run_mode(
+    label: str, args: tuple[str, ...], rev: str | None, count: int, idle: float, timeout: float
+) -> dict[str, Any]:
     nodes = [node("llmops-cpu-0", cpu="1000", memory="4Ti", pods=count + 100)]
     with controlplane.running(f"bench-scale-{label}-{os.getpid()}", nodes=nodes) as state:
         controlplane.kubectl(state, "apply", "--server-side", "-f", str(REPO / "crds"))
         controlplane.wait_until("the CRDs Established", lambda: established(state), 60)
         controlplane.kubectl(state, "create", "namespace", NAMESPACE)
-        op = OperatorProcess(state, Path(tempfile.mkdtemp(prefix=f"scale-{label}-")), extra_args=args)
+        op = OperatorProcess(
+            state, Path(tempfile.mkdtemp(prefix=f"scale-{label}-")), extra_args=args, extra_env=operator_source(rev)
+        )
         op.start()
         assert op.proc is not None
         pid = op.proc.pid
@@ -173,11 +196,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--timeout", type=float, default=600, help="give up waiting for Ready after this long")
-    parser.add_argument("--modes", default="workers-4,llmops", help=f"comma-separated, from {', '.join(MODES)}")
+    parser.add_argument("--modes", default="before,llmops", help=f"comma-separated, from {', '.join(MODES)}")
     args = parser.parse_args()
     rows = []
     for label in args.modes.split(","):
-        row = run_mode(label, MODES[label], args.count, args.idle_seconds, args.timeout)
+        row = run_mode(label, *MODES[label], args.count, args.idle_seconds, args.timeout)
         print(json.dumps(row), flush=True)
         rows.append(row)
     # Side by side: one line per figure, one column per mode.

@@ -21,9 +21,15 @@ WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 class OperatorProcess:
     def __init__(
-        self, cluster: ClusterState, log_dir: Path, resync_seconds: float = 600, extra_args: tuple[str, ...] = ()
+        self,
+        cluster: ClusterState,
+        log_dir: Path,
+        resync_seconds: float = 600,
+        extra_args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.extra_args = extra_args
+        self.extra_env = extra_env or {}
         self.cluster = cluster
         self.log_dir = log_dir
         self.resync_seconds = resync_seconds
@@ -42,7 +48,7 @@ class OperatorProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
         self.metrics_port, self.health_port = free_port(), free_port()
-        env = {**os.environ, "KUBECONFIG": self.cluster.operator_kubeconfig}
+        env = {**os.environ, "KUBECONFIG": self.cluster.operator_kubeconfig, **self.extra_env}
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(

@@ -51,6 +51,27 @@ CASES = [
     ),
     ("autoscaling without a metric", _with("autoscaling", {"maxReplicas": 3}), "the autoscaler needs a metric"),
     ("unknown pooling", _with("model.pooling", "max"), 'Unsupported value: "max"'),
+    (
+        # Found by the fault suite: a malformed affinity used to be admitted, copied into the
+        # Deployment and refused there on every retry.
+        "affinity with an unknown operator",
+        _with(
+            "affinity",
+            {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "Near"}]}]
+                    }
+                }
+            },
+        ),
+        'Unsupported value: "Near"',
+    ),
+    (
+        "affinity with a field Kubernetes does not have",
+        _with("affinity", {"nodeAffinity": {"preferred": []}}),
+        ".spec.affinity.nodeAffinity.preferred: field not declared in schema",
+    ),
     ("bad cpu quantity", _with("resources.cpu", "lots"), "must be a Kubernetes quantity such as 500m"),
     ("bad memory quantity", _with("resources.memory", "4 gigs"), "must be a Kubernetes quantity such as 4Gi"),
     ("too many GPUs", _with("resources.gpu", 17), "should be less than or equal to 16"),

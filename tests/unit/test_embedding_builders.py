@@ -245,3 +245,29 @@ def test_rate_limits_and_audit_reach_the_embedding_server_config() -> None:
     assert cfg.rate_limits.requests_per_minute == 60 and cfg.rate_limits.redis_url == "redis://r:6379/0"
     assert cfg.audit.enabled is True
     assert "rateLimits" not in configmap.config_file(build())  # off unless asked for
+
+
+def test_affinity_reaches_the_pod_exactly_as_written() -> None:
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]}]
+            },
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 10, "preference": {"matchExpressions": [{"key": "ssd", "operator": "Exists"}]}}
+            ],
+        },
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": {"llmops.dev/embedding-service": "emb"}},
+                        "topologyKey": "kubernetes.io/hostname",
+                    },
+                }
+            ]
+        },
+    }
+    pod = deployment.build(build(affinity=affinity))["spec"]["template"]["spec"]
+    assert pod["affinity"] == affinity

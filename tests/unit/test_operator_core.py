@@ -198,3 +198,13 @@ def test_crd_schema_is_structural_and_carries_the_rules() -> None:
         schema["properties"]["model"]["properties"]["name"]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
     )
     assert schema["properties"]["batching"]["default"] == {}
+
+
+def test_api_errors_that_retrying_cannot_fix_are_permanent() -> None:
+    from llmops_operator.kube.client import ApiError
+
+    typed = ApiError(500, "InternalError", "failed to create typed patch object: .spec.x: field not declared in schema")
+    assert typed.permanent
+    assert ApiError(422, "Invalid", "spec.replicas: Invalid value").permanent
+    assert not ApiError(500, "InternalError", "etcdserver: request timed out").permanent
+    assert not ApiError(503, "ServiceUnavailable", "").permanent

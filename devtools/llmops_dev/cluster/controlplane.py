@@ -46,6 +46,10 @@ AUDIT_POLICY = {
 }
 # The controller-manager's and scheduler's client-side rate limits (defaults 20/30 and 50/100).
 CLIENT_RATE_LIMITS = ("--kube-api-qps=500", "--kube-api-burst=1000")
+# The Go processes (etcd, kube-apiserver, ...) collect garbage less often than Go's default
+# (GOGC=100): this machine has memory to spare and two cores, and the API server spends a good
+# part of a burst in its garbage collector (docs/reliability.md, "Scale").
+GO_RUNTIME_ENV = {"GOGC": os.environ.get("LLMOPS_CLUSTER_GOGC", "400")}
 START_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
@@ -225,7 +229,7 @@ class _Launcher:
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             args,
-            env=env,
+            env={**os.environ, **GO_RUNTIME_ENV, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

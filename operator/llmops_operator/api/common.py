@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, field_validator
 
 from ..kube.quantity import is_quantity
+from .affinity import Affinity
+from .base import ApiModel
 
 NAME_MAX = 253
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -26,12 +27,6 @@ def cel(rule: str, message: str, **extra: str) -> dict[str, str]:
 
 def validations(*rules: dict[str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": list(rules)}
-
-
-class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are an error."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
 def quantity_field(description: str, example: str) -> Any:
@@ -223,11 +218,7 @@ class PodPlacement(ApiModel):
 
     node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node selector.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Extra tolerations.")
-    affinity: dict[str, Any] | None = Field(
-        None,
-        description="A core/v1 Affinity, passed through unchanged.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
-    )
+    affinity: Affinity | None = Field(None, description="A core/v1 Affinity (node and pod (anti-)affinity).")
     priority_class_name: str | None = Field(None, max_length=NAME_MAX)
     image: str | None = Field(None, max_length=512, description="Override the workload image.")
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)

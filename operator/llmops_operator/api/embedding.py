@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
+from .base import ApiModel
 from .common import (
     RESOURCES_RULES,
-    ApiModel,
     AuditSpec,
     AuthSpec,
     AutoscalingSpec,

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
+from .base import ApiModel
 from .common import (
     NAME_MAX,
     RESOURCES_RULES,
-    ApiModel,
     AuditSpec,
     AuthSpec,
     AutoscalingSpec,

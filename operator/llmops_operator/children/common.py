@@ -229,7 +229,7 @@ def place(pod: dict[str, Any], w: Workload) -> None:
     if tol := tolerations(w):
         pod["tolerations"] = tol
     if w.placement.affinity:
-        pod["affinity"] = w.placement.affinity
+        pod["affinity"] = w.placement.affinity.model_dump(by_alias=True, exclude_defaults=True)
     if w.placement.priority_class_name:
         pod["priorityClassName"] = w.placement.priority_class_name
     if w.placement.image_pull_secrets:

@@ -37,7 +37,10 @@ class ApiError(Exception):
     @property
     def permanent(self) -> bool:
         # 400 Bad Request, 403 Forbidden, 404 on a write path, 422 Invalid: the request itself is wrong.
-        return self.status in (400, 403, 422)
+        # Server-side apply answers an object that does not fit the kind's schema with a 500
+        # ("failed to create typed patch object ...: field not declared in schema"): retrying the
+        # same object cannot help either.
+        return self.status in (400, 403, 422) or (self.status == 500 and "not declared in schema" in self.message)
 
     @property
     def not_found(self) -> bool:

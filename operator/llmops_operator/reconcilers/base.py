@@ -149,8 +149,10 @@ async def _transition_events(
         before, after = conditions.get(old, type_), conditions.get(new, type_)
         if after is None or (before and before.get("status") == after.get("status")):
             continue
-        if before is None and after["status"] == "False" and type_ == "Degraded":
-            continue  # "not degraded" on creation is not news
+        if before is None and after["status"] == "False":
+            # "Not degraded" or "not ready yet" on creation is not news (the conditions say it),
+            # and an Event is a write: 1,000 new objects would cost 1,000 of them.
+            continue
         warning = (type_ == "Degraded" and after["status"] == "True") or (
             type_ == "Ready" and after["status"] == "False" and before is not None
         )
