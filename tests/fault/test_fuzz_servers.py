@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from faults import Figures, scale
 from llmops_dev.services import MilvusLite, ServerProcess
-from servers import minilm_path
+from servers import minilm_path, start_tiny_generator
 
 pytestmark = pytest.mark.fault
 
@@ -55,15 +55,8 @@ def embedding(workdir: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def generation(workdir: Path) -> Iterator[ServerProcess]:
-    from llmops_dev.tiny_lm import build_tiny_lm
-
-    model = build_tiny_lm(workdir / "tiny-lm")
-    cfg = {
-        "model": {"name": "llmops/tiny-llama", "path": str(model), "cpuThreads": 1},
-        "limits": {"maxInputTokens": 1024, "maxTotalTokens": 2048, "maxNewTokens": 16, "defaultMaxNewTokens": 8},
-        "logLevel": "WARNING",
-    }
-    proc = ServerProcess("llmops_workloads.generation", cfg, workdir / "generation").start()
+    limits = {"maxInputTokens": 1024, "maxTotalTokens": 2048, "maxNewTokens": 16, "defaultMaxNewTokens": 8}
+    proc = start_tiny_generator(workdir, limits)
     yield proc
     proc.stop()
 

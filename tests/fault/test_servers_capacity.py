@@ -34,7 +34,7 @@ import pytest
 
 from faults import Figures, scale
 from llmops_dev.services import MilvusLite, ServerProcess
-from servers import minilm_path
+from servers import minilm_path, start_tiny_generator
 
 pytestmark = pytest.mark.fault
 
@@ -319,15 +319,7 @@ def backend(workdir: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def generator(workdir: Path) -> Iterator[ServerProcess]:
-    from llmops_dev.tiny_lm import build_tiny_lm
-
-    model = build_tiny_lm(workdir / "tiny-lm")
-    cfg = {
-        "model": {"name": "llmops/tiny-llama", "path": str(model), "cpuThreads": 1},
-        "limits": {"maxInputTokens": 1900, "maxTotalTokens": 2048},
-        "logLevel": "WARNING",
-    }
-    proc = ServerProcess("llmops_workloads.generation", cfg, workdir / "generator").start()
+    proc = start_tiny_generator(workdir)
     yield proc
     proc.stop()
 

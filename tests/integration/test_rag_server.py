@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from llmops_dev.services import MilvusLite, Redis, ServerProcess
-from servers import minilm_path
+from servers import minilm_path, start_tiny_generator
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LLMOPS_SHARED_DIR", REPO.parent / "shared"))
@@ -64,17 +64,7 @@ def embedding(workdir: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def generator(workdir: Path) -> Iterator[ServerProcess]:
-    from llmops_dev.tiny_lm import build_tiny_lm
-
-    model = build_tiny_lm(workdir / "tiny-lm")
-    cfg = {
-        # One torch thread: two on this 2-core machine make each decode step ~10x slower.
-        "model": {"name": "llmops/tiny-llama", "path": str(model), "cpuThreads": 1},
-        # The tiny tokenizer splits scientific words into several tokens: room for fenced sources.
-        "limits": {"maxInputTokens": 1900, "maxTotalTokens": 2048},
-        "logLevel": "WARNING",
-    }
-    proc = ServerProcess("llmops_workloads.generation", cfg, workdir / "generator").start()
+    proc = start_tiny_generator(workdir)
     yield proc
     proc.stop()
 
