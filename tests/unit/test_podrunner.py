@@ -142,3 +142,14 @@ def test_tail_keeps_the_last_lines() -> None:
     assert tail(b"a\nb\nc\n", 2) == b"b\nc\n"
     assert tail(b"a\nb\nc", 5) == b"a\nb\nc"
     assert tail(b"a\n", 0) == b""
+
+
+def test_env_from_and_secret_volumes(tmp_path: Path) -> None:
+    p = pod(envFrom=[{"configMapRef": {"name": "svc-config"}, "prefix": "CM_"}, {"secretRef": {"name": "keys"}}])
+    p["spec"]["containers"][0]["volumeMounts"].append({"name": "key", "mountPath": "/var/run/secrets/llmops"})
+    items = [{"key": "key", "path": "k"}]
+    p["spec"]["volumes"].append({"name": "key", "secret": {"secretName": "keys", "items": items}})
+    plan = translate(p, pod_ip="127.1.0.3", pod_dir=tmp_path, lookups=lookups(), python="/py", node_env={})
+    assert "path: /data/pv/bound/run/model" in plan.env["CM_config.yaml"]  # configuration is mapped
+    assert plan.env["key"] == "s3cret"
+    assert plan.files[tmp_path / "volumes" / "key" / "k"] == b"s3cret"

@@ -370,9 +370,13 @@ class Runner:
             pp.next_start = time.monotonic() + min(30.0, 2.0 ** min(pp.restarts, 5))
             pp.waiting = ("CrashLoopBackOff", f"exited with {code}; restarting")
             return
+        self._terminated(pp, code)
+
+    def _terminated(self, pp: PodProcess, code: int) -> None:
+        """Record the container's end as a runtime reports it (killed by signal N: 128+N)."""
         pp.terminated = {
-            "exitCode": code if code >= 0 else 128 - code,  # killed by signal N: 128+N, as a runtime reports
-            "reason": "Completed" if code == 0 else ("Error" if code > 0 else "Killed"),
+            "exitCode": code if code >= 0 else 128 - code,
+            "reason": "Completed" if code == 0 else "Error",  # as a kubelet says for any non-zero exit
             "message": self._termination_message(pp, code),
             "startedAt": pp.started_at,
             "finishedAt": now(),
@@ -429,13 +433,7 @@ class Runner:
             # counts a pod (and applies podFailurePolicy to its exit code) only once it is terminal.
             if pp.terminated is None and code is not None:
                 pp.proc = None
-                pp.terminated = {
-                    "exitCode": code if code >= 0 else 128 - code,
-                    "reason": "Completed" if code == 0 else "Error",
-                    "message": self._termination_message(pp, code),
-                    "startedAt": pp.started_at,
-                    "finishedAt": now(),
-                }
+                self._terminated(pp, code)
                 await self._report(pp, pod)
             self.pods.pop(pp.uid, None)
         # The kubelet's last word: the containers are gone, the object can go.

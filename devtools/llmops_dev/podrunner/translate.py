@@ -91,28 +91,37 @@ def _field_ref(pod: Mapping[str, Any], path: str, pod_ip: str) -> str:
     raise NotReadyYet(f"fieldRef {path!r} is not supported by the local runner")
 
 
+# (pod spec field, what it names): the two places a pod reads keys from.
+_ENV_SOURCES = (("configMapKeyRef", "configmap"), ("secretKeyRef", "secret"))
+_ENV_FROM = (("configMapRef", "configmap"), ("secretRef", "secret"))
+_VOLUMES = (("configMap", "configmap", "name"), ("secret", "secret", "secretName"))
+
+
+def _contents(lookups: Lookups, kind: str, name: str) -> dict[str, bytes] | None:
+    """A ConfigMap's or a Secret's data as bytes (Secret values arrive base64-encoded); None
+    when it does not exist."""
+    if kind == "configmap":
+        cm = lookups.config_map(name)
+        return None if cm is None else {k: str(v).encode() for k, v in cm.items()}
+    secret = lookups.secret(name)
+    return None if secret is None else {k: base64.b64decode(v) for k, v in secret.items()}
+
+
 def _env_value(pod: Mapping[str, Any], item: Mapping[str, Any], pod_ip: str, lookups: Lookups) -> str | None:
     if "value" in item:
         return str(item["value"])
     source = item.get("valueFrom", {})
     if "fieldRef" in source:
         return _field_ref(pod, source["fieldRef"]["fieldPath"], pod_ip)
-    if "configMapKeyRef" in source:
-        ref = source["configMapKeyRef"]
-        data = lookups.config_map(ref["name"])
-        if data is None or ref["key"] not in data:
-            if ref.get("optional"):
-                return None
-            raise NotReadyYet(f"configmap {ref['name']!r} key {ref['key']!r} not found")
-        return str(data[ref["key"]])
-    if "secretKeyRef" in source:
-        ref = source["secretKeyRef"]
-        secret = lookups.secret(ref["name"])
-        if secret is None or ref["key"] not in secret:
-            if ref.get("optional"):
-                return None
-            raise NotReadyYet(f"secret {ref['name']!r} key {ref['key']!r} not found")
-        return base64.b64decode(secret[ref["key"]]).decode()
+    for ref_field, kind in _ENV_SOURCES:
+        if ref_field in source:
+            ref = source[ref_field]
+            data = _contents(lookups, kind, ref["name"])
+            if data is None or ref["key"] not in data:
+                if ref.get("optional"):
+                    return None
+                raise NotReadyYet(f"{kind} {ref['name']!r} key {ref['key']!r} not found")
+            return data[ref["key"]].decode()
     if "resourceFieldRef" in source:
         return "1"  # limits are not enforced locally
     return None
@@ -120,16 +129,11 @@ def _env_value(pod: Mapping[str, Any], item: Mapping[str, Any], pod_ip: str, loo
 
 def _volume_files(volume: Mapping[str, Any], target: Path, lookups: Lookups) -> dict[Path, bytes]:
     """The files a configMap or secret volume holds (keys or ``items``), by local path."""
-    if "configMap" in volume:
-        ref, name, kind = volume["configMap"], volume["configMap"]["name"], "configmap"
-        raw = lookups.config_map(name)
-        data = None if raw is None else {k: str(v).encode() for k, v in raw.items()}
-    elif "secret" in volume:
-        ref, name, kind = volume["secret"], volume["secret"]["secretName"], "secret"
-        raw = lookups.secret(name)
-        data = None if raw is None else {k: base64.b64decode(v) for k, v in raw.items()}
-    else:
+    found = [(volume[f], kind, volume[f][key]) for f, kind, key in _VOLUMES if f in volume]
+    if not found:
         return {}
+    ref, kind, name = found[0]
+    data = _contents(lookups, kind, name)
     if data is None:
         if ref.get("optional"):
             return {}
@@ -194,12 +198,12 @@ def translate(
             env[item["name"]] = local(value)
     for source in container.get("envFrom", []):
         prefix = source.get("prefix", "")
-        if "configMapRef" in source:
-            data = lookups.config_map(source["configMapRef"]["name"]) or {}
-            env.update({prefix + k: local(str(v)) for k, v in data.items()})
-        elif "secretRef" in source:
-            secret = lookups.secret(source["secretRef"]["name"]) or {}
-            env.update({prefix + k: base64.b64decode(v).decode() for k, v in secret.items()})
+        for ref_field, kind in _ENV_FROM:
+            if ref_field in source:
+                data = _contents(lookups, kind, source[ref_field]["name"]) or {}
+                # Configuration may name mount paths and Services; a Secret's values stay as they are.
+                keep = (lambda v: v) if kind == "secret" else local
+                env.update({prefix + k: keep(v.decode()) for k, v in data.items()})
     env.update(node_env)
 
     argv = [local(a) for a in [*container["command"], *container.get("args", [])]]
